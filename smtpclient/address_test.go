@@ -27,7 +27,7 @@ func TestParseAddress(t *testing.T) {
 		{"josé@example.org", true, false},
 		{"user@bücher.example", true, false},
 		{long(64) + "@example.org", true, true},
-		{long(64) + "@" + long(63) + "." + long(63) + "." + long(61), true, true}, // 254 octets
+		{long(64) + "@" + long(63) + "." + long(63) + "." + long(61), true, true},   // 254 octets
 		{long(64) + "@" + long(63) + "." + long(63) + "." + long(62), false, false}, // 255 octets
 		{long(65) + "@example.org", false, false},
 		{"a@" + long(64) + ".org", false, false},

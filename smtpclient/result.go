@@ -92,20 +92,20 @@ func (r *Result) Count(o Outcome) int {
 type Stage int
 
 const (
-	StageNone      Stage = iota
-	StageResolve         // MX look-up
-	StageConnect         // TCP connect (or implicit TLS handshake)
-	StageGreeting        // the server's 220
-	StageHello           // EHLO/HELO
-	StageStartTLS        // STARTTLS and the handshake (RFC 3207)
-	StageAuth            // AUTH (RFC 4954)
-	StageMail            // MAIL FROM
-	StageRcpt            // RCPT TO
-	StageData            // DATA, until the 354
-	StageBody            // writing the body, until the final dot is sent
-	StageDataEnd         // the reply after the final dot
-	StageReset           // RSET on a reused connection
-	StagePolicy          // a local check against the server's capabilities
+	StageNone     Stage = iota
+	StageResolve        // MX look-up
+	StageConnect        // TCP connect (or implicit TLS handshake)
+	StageGreeting       // the server's 220
+	StageHello          // EHLO/HELO
+	StageStartTLS       // STARTTLS and the handshake (RFC 3207)
+	StageAuth           // AUTH (RFC 4954)
+	StageMail           // MAIL FROM
+	StageRcpt           // RCPT TO
+	StageData           // DATA, until the 354
+	StageBody           // writing the body, until the final dot is sent
+	StageDataEnd        // the reply after the final dot
+	StageReset          // RSET on a reused connection
+	StagePolicy         // a local check against the server's capabilities
 )
 
 var stageNames = [...]string{"none", "resolve", "connect", "greeting", "hello", "starttls", "auth",
