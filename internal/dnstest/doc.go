@@ -7,7 +7,8 @@
 // RFC 7766) reaches the same data. Replies carry RA (recursion available),
 // never AA, like the answers of a local recursive resolver.
 //
-// What a test can program, per name (and optionally per query type):
+// What a test can program, per name (and optionally per query type and
+// transport):
 //
 //   - records: MX, A, AAAA, CNAME, TXT, TLSA or any other dns.RR, each with
 //     its own TTL; an SOA per zone gives negative answers their TTL

@@ -67,6 +67,11 @@ type nameType struct {
 	qtype uint16 // 0: every type
 }
 
+type faultKey struct {
+	nameType
+	transport string // "": both
+}
+
 type countKey struct {
 	name      string
 	qtype     uint16
@@ -84,7 +89,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	records  map[string][]dns.RR // by canonical owner name
-	faults   map[nameType]Fault
+	faults   map[faultKey]Fault
 	holds    map[nameType]chan struct{}
 	adAll    bool
 	adName   map[string]bool
@@ -102,7 +107,7 @@ func Start(tb testing.TB) *Server {
 		tb:       tb,
 		stopped:  make(chan struct{}),
 		records:  make(map[string][]dns.RR),
-		faults:   make(map[nameType]Fault),
+		faults:   make(map[faultKey]Fault),
 		holds:    make(map[nameType]chan struct{}),
 		adName:   make(map[string]bool),
 		received: make(map[countKey]int),
@@ -298,7 +303,14 @@ func (s *Server) Remove(name string, qtype uint16) {
 // every type not given its own fault. NoFault removes the setting. Faults
 // apply to the queried name only, not to the names a CNAME chain reaches.
 func (s *Server) SetFault(name string, qtype uint16, f Fault) {
-	k := nameType{dns.CanonicalName(name), qtype}
+	s.SetFaultOn("", name, qtype, f)
+}
+
+// SetFaultOn is SetFault for one transport (UDP or TCP; "" for both). A
+// setting for a transport wins over one for both at the same name and type;
+// a setting for the type wins over one for every type.
+func (s *Server) SetFaultOn(transport, name string, qtype uint16, f Fault) {
+	k := faultKey{nameType{dns.CanonicalName(name), qtype}, transport}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f == NoFault {
@@ -482,9 +494,15 @@ func (s *Server) reply(req *dns.Msg, name string, qtype uint16, transport string
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
-	fault, ok := s.faults[nameType{name, qtype}]
-	if !ok {
-		fault = s.faults[nameType{name, 0}]
+	var fault Fault
+	for _, k := range [...]faultKey{
+		{nameType{name, qtype}, transport}, {nameType{name, qtype}, ""},
+		{nameType{name, 0}, transport}, {nameType{name, 0}, ""},
+	} {
+		if f, ok := s.faults[k]; ok {
+			fault = f
+			break
+		}
 	}
 	if fault == Silence {
 		return nil

@@ -380,3 +380,32 @@ func TestConcurrentProgrammingAndQueries(t *testing.T) {
 		t.Fatalf("answered %d, want 100", got)
 	}
 }
+
+func TestFaultPerTransport(t *testing.T) {
+	t.Parallel()
+	s := Start(t)
+	s.AddMX("example.com", 300, 10, "mx1.example.com")
+	s.AddMX("example.com", 300, 20, "mx2.example.com")
+	s.SetFault("example.com", 0, Truncate)
+	s.SetFaultOn(TCP, "example.com", 0, Silence)
+	r := query(t, s.Addr(), UDP, "example.com", dns.TypeMX, false)
+	if !r.Truncated || len(r.Answer) != 1 {
+		t.Fatalf("UDP: TC=%v, %d records", r.Truncated, len(r.Answer))
+	}
+	_, err := tryQuery(context.Background(), s.Addr(), TCP, "example.com", dns.TypeMX, false, 200*time.Millisecond)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("TCP: err = %v, want a timeout", err)
+	}
+	// The per-transport setting wins only on its transport; clearing it
+	// restores the per-name one.
+	s.SetFaultOn(UDP, "example.com", dns.TypeMX, ServFail)
+	if r := query(t, s.Addr(), UDP, "example.com", dns.TypeMX, false); r.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("UDP per-type per-transport: %s", dns.RcodeToString[r.Rcode])
+	}
+	s.SetFaultOn(UDP, "example.com", dns.TypeMX, NoFault)
+	s.SetFaultOn(TCP, "example.com", 0, NoFault)
+	if r := query(t, s.Addr(), TCP, "example.com", dns.TypeMX, false); r.Truncated || len(r.Answer) != 2 {
+		t.Fatalf("TCP after clearing: TC=%v, %d records", r.Truncated, len(r.Answer))
+	}
+}
