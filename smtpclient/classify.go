@@ -35,6 +35,11 @@ func classify(stage Stage, err error) verdict {
 	// The caller's context ended: nothing is the host's fault, and nothing
 	// more is tried in this call.
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		if stage == StageDataEnd {
+			// Cut off while waiting for the reply to the final dot: the
+			// server may have taken the message.
+			return verdict{outcome: Unknown, excluded: true}
+		}
 		return verdict{outcome: Temporary, excluded: true}
 	}
 

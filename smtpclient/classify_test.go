@@ -103,7 +103,8 @@ func TestClassify(t *testing.T) {
 		{"AUTH 454", StageAuth, reply(454, 4, 7, 0), tmp},
 		// The caller's context: excluded from the breaker, no next host.
 		{"ctx cancelled at RCPT", StageRcpt, context.Canceled, cancelled},
-		{"ctx deadline after dot", StageDataEnd, fmt.Errorf("x: %w", context.DeadlineExceeded), cancelled},
+		{"ctx deadline writing body", StageBody, fmt.Errorf("x: %w", context.DeadlineExceeded), cancelled},
+		{"ctx deadline after dot", StageDataEnd, fmt.Errorf("x: %w", context.DeadlineExceeded), verdict{outcome: Unknown, excluded: true}},
 		{"success", StageDataEnd, nil, verdict{outcome: Delivered}},
 	}
 	for _, tt := range tests {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hamail/hamail/health"
+	"github.com/hamail/hamail/mxresolve"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -103,6 +104,12 @@ const (
 	LeastInFlight
 )
 
+// MXResolver finds the mail exchangers of a domain; *mxresolve.Resolver
+// implements it.
+type MXResolver interface {
+	Resolve(ctx context.Context, domain string) (*mxresolve.Result, error)
+}
+
 // Dialer opens TCP connections; *net.Dialer implements it.
 type Dialer interface {
 	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
@@ -168,6 +175,9 @@ type Options struct {
 	// Relays are the smarthosts. When set, every message goes through them
 	// first.
 	Relays []Relay
+	// Resolver enables direct MX delivery (after the relays, if any);
+	// *mxresolve.Resolver is the implementation.
+	Resolver MXResolver
 	// FallbackRelays are tried after the MX hosts for recipients that are
 	// still failing temporarily (Postfix smtp_fallback_relay).
 	FallbackRelays []Relay

@@ -1,0 +1,39 @@
+package smtpclient
+
+import (
+	"context"
+	"crypto/tls"
+)
+
+// wire is the part of an open SMTP session the client reads between
+// transactions.
+type wire interface {
+	// Extension reports whether the server offers an EHLO keyword, and
+	// its parameter.
+	Extension(name string) (bool, string)
+	// MaxMessageSize returns the SIZE limit (RFC 1870), when announced.
+	MaxMessageSize() (int, bool)
+	// TLSConnectionState returns the TLS state when TLS is active.
+	TLSConnectionState() (tls.ConnectionState, bool)
+	// Close ends the session politely (QUIT, bounded) and closes it.
+	Close() error
+}
+
+// conn is a pooled session.
+type conn struct {
+	w wire
+}
+
+func (c *conn) Close() error { return c.w.Close() }
+
+// transport opens sessions and runs transactions on them. The client's
+// routing, pooling and classification sit above it.
+type transport interface {
+	// dial connects to t and readies a session (greeting, EHLO, STARTTLS
+	// and AUTH per t's policy); on failure it says at which stage.
+	dial(ctx context.Context, t *target) (*conn, Stage, error)
+	// transact runs MAIL, RCPT for each recipient, DATA and the body.
+	transact(ctx context.Context, cn *conn, t *target, env *envelope, rcpts []parsedRecipient) *txReport
+	// reset sends RSET.
+	reset(ctx context.Context, cn *conn) error
+}
