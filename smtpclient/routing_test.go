@@ -58,8 +58,10 @@ func (w *scriptWire) Extension(name string) (bool, string) {
 	v, ok := w.h.ext[name]
 	return ok, v
 }
-func (w *scriptWire) MaxMessageSize() (int, bool)                     { return w.h.maxSize, w.h.maxSize > 0 }
-func (w *scriptWire) TLSConnectionState() (tls.ConnectionState, bool) { return tls.ConnectionState{}, false }
+func (w *scriptWire) MaxMessageSize() (int, bool) { return w.h.maxSize, w.h.maxSize > 0 }
+func (w *scriptWire) TLSConnectionState() (tls.ConnectionState, bool) {
+	return tls.ConnectionState{}, false
+}
 func (w *scriptWire) Close() error {
 	w.st.mu.Lock()
 	w.st.closed++
