@@ -1,0 +1,773 @@
+package bbolt
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/hamail/hamail/queue"
+)
+
+// Bucket names. See doc.go for the layout.
+var (
+	bucketMeta   = []byte("meta")
+	bucketMsgs   = []byte("msgs")
+	bucketBodies = []byte("bodies")
+	bucketSched  = []byte("sched")
+	bucketDedup  = []byte("dedup")
+	bucketDead   = []byte("dead")
+	keyVersion   = []byte("version")
+)
+
+const layoutVersion = 1
+
+// schedLeased marks a sched entry whose item is under lease, so that Stats
+// can tell leased from deferred items without reading records.
+var schedLeased = []byte{'L'}
+
+// maxKeyLen bounds caller keys: bbolt keys are at most 32 KiB, and a key is
+// an identifier, not data.
+const maxKeyLen = 1024
+
+// Options configures a Store. A nil *Options means the defaults.
+type Options struct {
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// InlineBodyMax is the largest body kept inside the database; larger
+	// bodies go to spool files beside it. 0 means 64 KiB; negative means
+	// every body goes to a spool file.
+	InlineBodyMax int
+	// MaxSize caps the database file, in octets; at the cap Enqueue fails
+	// with queue.ErrStorageFull. 0 means no cap. Spool files are not
+	// counted.
+	MaxSize int
+	// LockTimeout is how long Open waits for another process to release
+	// the database; 0 means 5 seconds.
+	LockTimeout time.Duration
+	// MaxBatch is the largest number of operations committed together;
+	// 0 means 1000.
+	MaxBatch int
+	// Logger receives quarantine and sweep messages; nil discards them.
+	Logger *slog.Logger
+}
+
+// Store is a durable queue.Store in a bbolt database file. Open it with
+// Open; Close it when done. Safe for concurrent use.
+type Store struct {
+	db        *bolt.DB
+	path      string
+	spoolDir  string
+	now       func() time.Time
+	inlineMax int
+	maxBatch  int
+	log       *slog.Logger
+	ids       queue.IDSource
+
+	// closeMu guards closed and sends on reqs against Close.
+	closeMu  sync.RWMutex
+	closed   bool
+	reqs     chan *request
+	loopDone chan struct{}
+
+	// nextMu guards the cached first due time and the change channel.
+	nextMu  sync.Mutex
+	next    int64 // Unix nanoseconds of the first sched key, 0 if none
+	changed chan struct{}
+}
+
+var (
+	_ queue.Store    = (*Store)(nil)
+	_ queue.Notifier = (*Store)(nil)
+)
+
+// Open opens or creates the queue database at path and the spool directory
+// path+".spool" beside it, removes spool files that no record refers to (left
+// by a crash during Enqueue), and starts the commit loop.
+func Open(path string, opts *Options) (*Store, error) {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	s := &Store{
+		path:      path,
+		spoolDir:  path + ".spool",
+		now:       o.Now,
+		inlineMax: o.InlineBodyMax,
+		maxBatch:  o.MaxBatch,
+		log:       o.Logger,
+		reqs:      make(chan *request, 256),
+		loopDone:  make(chan struct{}),
+		changed:   make(chan struct{}),
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.inlineMax == 0 {
+		s.inlineMax = 64 << 10
+	}
+	if s.maxBatch <= 0 {
+		s.maxBatch = 1000
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	timeout := o.LockTimeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	if err := os.MkdirAll(s.spoolDir, 0o700); err != nil {
+		return nil, &queue.Error{Op: "open", Err: err}
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return nil, &queue.Error{Op: "open", Err: err}
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:      timeout,
+		FreelistType: bolt.FreelistMapType,
+		MaxSize:      o.MaxSize,
+	})
+	if err != nil {
+		return nil, &queue.Error{Op: "open", Err: fmt.Errorf("%s: %w", path, err)}
+	}
+	s.db = db
+	if err := s.init(); err != nil {
+		_ = db.Close()
+		return nil, &queue.Error{Op: "open", Err: fmt.Errorf("%s: %w", path, err)}
+	}
+	go s.loop()
+	return s, nil
+}
+
+func (s *Store) init() error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketMeta, bucketMsgs, bucketBodies, bucketSched, bucketDedup, bucketDead} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get(keyVersion); v != nil {
+			if len(v) != 8 || binary.BigEndian.Uint64(v) != layoutVersion {
+				return fmt.Errorf("database layout version %x, want %d", v, layoutVersion)
+			}
+			return nil
+		}
+		return meta.Put(keyVersion, binary.BigEndian.AppendUint64(nil, layoutVersion))
+	})
+	if err != nil {
+		return err
+	}
+	if err := s.sweepSpool(); err != nil {
+		return err
+	}
+	return s.db.View(func(tx *bolt.Tx) error {
+		s.next = firstDue(tx)
+		return nil
+	})
+}
+
+// sweepSpool removes spool files that no record or quarantined record
+// refers to: bodies written by an Enqueue that crashed before its commit,
+// or of items completed just before a crash.
+func (s *Store) sweepSpool() error {
+	entries, err := os.ReadDir(s.spoolDir)
+	if err != nil {
+		return err
+	}
+	removed := 0
+	err = s.db.View(func(tx *bolt.Tx) error {
+		msgs, dead := tx.Bucket(bucketMsgs), tx.Bucket(bucketDead)
+		for _, e := range entries {
+			name := []byte(e.Name())
+			if msgs.Get(name) != nil || dead.Get(name) != nil {
+				continue
+			}
+			if err := os.Remove(filepath.Join(s.spoolDir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			removed++
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if removed > 0 {
+		s.log.Info("queue: removed orphaned spool files", "count", removed, "dir", s.spoolDir)
+		return syncDir(s.spoolDir)
+	}
+	return nil
+}
+
+func schedKey(next int64, id string) []byte {
+	k := make([]byte, 8+len(id))
+	binary.BigEndian.PutUint64(k, uint64(next))
+	copy(k[8:], id)
+	return k
+}
+
+// firstDue returns the due time of the first sched entry, 0 if none.
+func firstDue(tx *bolt.Tx) int64 {
+	k, _ := tx.Bucket(bucketSched).Cursor().First()
+	if len(k) < 8 {
+		return 0
+	}
+	return int64(binary.BigEndian.Uint64(k))
+}
+
+// storageErr turns a full disk or a full database into ErrStorageFull.
+func storageErr(err error) error {
+	if errors.Is(err, berrors.ErrMaxSizeReached) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %w", queue.ErrStorageFull, err)
+	}
+	return err
+}
+
+func (s *Store) Enqueue(ctx context.Context, msg *queue.Message) (string, error) {
+	fail := func(err error) (string, error) { return "", &queue.Error{Op: "enqueue", Err: err} }
+	if err := msg.Envelope.Validate(); err != nil {
+		return fail(err)
+	}
+	if len(msg.Key) > maxKeyLen {
+		return fail(fmt.Errorf("%w: key longer than %d octets", queue.ErrInvalid, maxKeyLen))
+	}
+	if err := ctx.Err(); err != nil {
+		return fail(err)
+	}
+	if msg.Key != "" {
+		// Spare writing the body of a message that is already queued; the
+		// commit checks again.
+		if id := s.lookupKey(msg.Key); id != "" {
+			return id, nil
+		}
+	}
+	now := s.now()
+	id := s.ids.New(now)
+
+	body, size, spooled, err := s.readBody(id, msg.Body)
+	if err != nil {
+		return fail(err)
+	}
+	rec := newRecord(msg.Key, &msg.Envelope, now, size, spooled)
+	value := encodeRecord(rec)
+	var result string
+	req := &request{
+		spool: spooled,
+		fn: func(tx *bolt.Tx) error {
+			if msg.Key != "" {
+				if old := tx.Bucket(bucketDedup).Get([]byte(msg.Key)); old != nil && tx.Bucket(bucketMsgs).Get(old) != nil {
+					result = string(old)
+					return nil
+				}
+			}
+			result = id
+			if err := tx.Bucket(bucketMsgs).Put([]byte(id), value); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketSched).Put(schedKey(rec.Next, id), nil); err != nil {
+				return err
+			}
+			if !spooled {
+				if err := tx.Bucket(bucketBodies).Put([]byte(id), body); err != nil {
+					return err
+				}
+			}
+			if msg.Key != "" {
+				if err := tx.Bucket(bucketDedup).Put([]byte(msg.Key), []byte(id)); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	err = s.do(req)
+	if spooled && (err != nil || result != id) {
+		// Not committed, or a duplicate: the spool file is ours to remove.
+		_ = os.Remove(s.spoolPath(id))
+	}
+	if err != nil {
+		return fail(err)
+	}
+	return result, nil
+}
+
+func (s *Store) lookupKey(key string) string {
+	var id string
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		if old := tx.Bucket(bucketDedup).Get([]byte(key)); old != nil && tx.Bucket(bucketMsgs).Get(old) != nil {
+			id = string(old)
+		}
+		return nil
+	})
+	return id
+}
+
+func (s *Store) spoolPath(id string) string { return filepath.Join(s.spoolDir, id) }
+
+// readBody reads a body either into memory (small) or into a spool file
+// written and fsynced before the record that points to it is committed.
+// The spool directory itself is fsynced once per commit group.
+func (s *Store) readBody(id string, r io.Reader) (body []byte, size int64, spooled bool, err error) {
+	if r == nil {
+		return nil, 0, false, nil
+	}
+	limit := int64(s.inlineMax)
+	if limit < 0 {
+		limit = 0
+	}
+	var buf bytes.Buffer
+	n, err := io.Copy(&buf, io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("reading body: %w", err)
+	}
+	if n <= limit && s.inlineMax >= 0 {
+		return buf.Bytes(), n, false, nil
+	}
+	path := s.spoolPath(id)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, 0, false, storageErr(err)
+	}
+	w := bufio.NewWriterSize(f, 64<<10)
+	size, err = io.Copy(w, io.MultiReader(&buf, r))
+	if err == nil {
+		err = w.Flush()
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(path)
+		return nil, 0, false, fmt.Errorf("writing spool file: %w", storageErr(err))
+	}
+	return nil, size, true, nil
+}
+
+func (s *Store) Lease(ctx context.Context, max int, d time.Duration) ([]*queue.Item, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, &queue.Error{Op: "lease", Err: err}
+	}
+	if max <= 0 || d <= 0 {
+		return nil, &queue.Error{Op: "lease", Err: fmt.Errorf("%w: max %d, duration %v", queue.ErrInvalid, max, d)}
+	}
+	var (
+		items   []*queue.Item
+		corrupt []error
+	)
+	req := &request{fn: func(tx *bolt.Tx) error {
+		items, corrupt = items[:0], corrupt[:0]
+		now := s.now()
+		until := now.Add(d)
+		msgs, sched := tx.Bucket(bucketMsgs), tx.Bucket(bucketSched)
+		// Collect first: a bbolt cursor must not move over keys being
+		// changed.
+		var keys [][]byte
+		c := sched.Cursor()
+		for k, _ := c.First(); k != nil && len(keys) < max; k, _ = c.Next() {
+			if len(k) >= 8 && int64(binary.BigEndian.Uint64(k)) > now.UnixNano() {
+				break // keys sort by due time: the rest are later
+			}
+			keys = append(keys, bytes.Clone(k))
+		}
+		for _, k := range keys {
+			if len(k) <= 8 {
+				corrupt = append(corrupt, fmt.Errorf("malformed schedule key %x", k))
+				if err := sched.Delete(k); err != nil {
+					return err
+				}
+				continue
+			}
+			id := string(k[8:])
+			raw := msgs.Get(k[8:])
+			rec, err := decodeRecord(raw)
+			if raw == nil {
+				err = errors.New("schedule entry without a record")
+			}
+			if err != nil {
+				if qerr := s.quarantine(tx, id, k, raw, err); qerr != nil {
+					return qerr
+				}
+				corrupt = append(corrupt, fmt.Errorf("%s: %v", id, err))
+				continue
+			}
+			tok, err := msgs.NextSequence()
+			if err != nil {
+				return err
+			}
+			rec.Token, rec.Leased, rec.Next = tok, true, until.UnixNano()
+			if err := sched.Delete(k); err != nil {
+				return err
+			}
+			if err := sched.Put(schedKey(rec.Next, id), schedLeased); err != nil {
+				return err
+			}
+			if err := msgs.Put([]byte(id), encodeRecord(rec)); err != nil {
+				return err
+			}
+			it := rec.item(id)
+			items = append(items, it)
+		}
+		return nil
+	}}
+	if err := s.do(req); err != nil {
+		return nil, &queue.Error{Op: "lease", Err: err}
+	}
+	if len(corrupt) > 0 {
+		return items, &queue.Error{Op: "lease", Err: fmt.Errorf("%w, quarantined: %w", queue.ErrCorrupt, errors.Join(corrupt...))}
+	}
+	return items, nil
+}
+
+// quarantine moves an undecodable record to the dead bucket, with the
+// reason, so that it stops blocking the schedule and an operator can look at
+// it. Its body stays where it is.
+func (s *Store) quarantine(tx *bolt.Tx, id string, schedK, raw []byte, why error) error {
+	s.log.Error("queue: quarantined a corrupt record", "id", id, "err", why)
+	v := append([]byte(why.Error()+"\n"), raw...)
+	if err := tx.Bucket(bucketDead).Put([]byte(id), v); err != nil {
+		return err
+	}
+	if raw != nil {
+		if err := tx.Bucket(bucketMsgs).Delete([]byte(id)); err != nil {
+			return err
+		}
+	}
+	return tx.Bucket(bucketSched).Delete(schedK)
+}
+
+// leased loads the record under lease l, or returns a rejection.
+func leased(tx *bolt.Tx, l queue.Lease) (*record, error) {
+	raw := tx.Bucket(bucketMsgs).Get([]byte(l.ID))
+	if raw == nil {
+		return nil, reject(queue.ErrLeaseLost)
+	}
+	rec, err := decodeRecord(raw)
+	if err != nil {
+		return nil, reject(fmt.Errorf("%w: %v", queue.ErrCorrupt, err))
+	}
+	if l.Token == 0 || rec.Token != l.Token {
+		return nil, reject(queue.ErrLeaseLost)
+	}
+	return rec, nil
+}
+
+func (s *Store) Record(ctx context.Context, l queue.Lease, u queue.Update) error {
+	fail := func(err error) error { return &queue.Error{Op: "record", ID: l.ID, Err: err} }
+	if err := ctx.Err(); err != nil {
+		return fail(err)
+	}
+	for i := range u.Recipients {
+		if u.Recipients[i].Status > queue.StatusFailed {
+			return fail(fmt.Errorf("%w: recipient %d status %d", queue.ErrInvalid, i, u.Recipients[i].Status))
+		}
+	}
+	err := s.do(&request{fn: func(tx *bolt.Tx) error {
+		rec, err := leased(tx, l)
+		if err != nil {
+			return err
+		}
+		if len(u.Recipients) != len(rec.Rcpts) {
+			return reject(fmt.Errorf("%w: %d recipient states for %d recipients", queue.ErrInvalid, len(u.Recipients), len(rec.Rcpts)))
+		}
+		oldKey := schedKey(rec.Next, l.ID)
+		rec.apply(&u)
+		rec.Leased = false
+		rec.Next = unixNano(u.NextAttempt)
+		if rec.Next == 0 {
+			rec.Next = s.now().UnixNano()
+		}
+		sched := tx.Bucket(bucketSched)
+		if err := sched.Delete(oldKey); err != nil {
+			return err
+		}
+		if err := sched.Put(schedKey(rec.Next, l.ID), nil); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMsgs).Put([]byte(l.ID), encodeRecord(rec))
+	}})
+	if err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
+func (s *Store) Complete(ctx context.Context, l queue.Lease) error {
+	fail := func(err error) error { return &queue.Error{Op: "complete", ID: l.ID, Err: err} }
+	if err := ctx.Err(); err != nil {
+		return fail(err)
+	}
+	var spooled bool
+	err := s.do(&request{fn: func(tx *bolt.Tx) error {
+		rec, err := leased(tx, l)
+		if err != nil {
+			return err
+		}
+		spooled = rec.Spool
+		id := []byte(l.ID)
+		if err := tx.Bucket(bucketSched).Delete(schedKey(rec.Next, l.ID)); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketMsgs).Delete(id); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketBodies).Delete(id); err != nil {
+			return err
+		}
+		if rec.Key != "" {
+			dedup := tx.Bucket(bucketDedup)
+			if bytes.Equal(dedup.Get([]byte(rec.Key)), id) {
+				if err := dedup.Delete([]byte(rec.Key)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}})
+	if err != nil {
+		return fail(err)
+	}
+	if spooled {
+		// A crash before this leaves an orphan that Open removes.
+		_ = os.Remove(s.spoolPath(l.ID))
+	}
+	return nil
+}
+
+func (s *Store) Body(ctx context.Context, id string) (queue.Body, error) {
+	fail := func(err error) (queue.Body, error) { return nil, &queue.Error{Op: "body", ID: id, Err: err} }
+	if err := ctx.Err(); err != nil {
+		return fail(err)
+	}
+	if err := s.readable(); err != nil {
+		return fail(err)
+	}
+	var (
+		inline  []byte
+		spooled bool
+	)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		rec, err := s.get(tx, id)
+		if err != nil {
+			return err
+		}
+		spooled = rec.Spool
+		if !spooled {
+			inline = bytes.Clone(tx.Bucket(bucketBodies).Get([]byte(id)))
+		}
+		return nil
+	})
+	if err != nil {
+		return fail(err)
+	}
+	if !spooled {
+		return queue.BytesBody(inline), nil
+	}
+	f, err := os.Open(s.spoolPath(id))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			// Completed between the read and the open.
+			return fail(queue.ErrNotFound)
+		}
+		return fail(err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return fail(err)
+	}
+	return &fileBody{File: f, size: fi.Size()}, nil
+}
+
+type fileBody struct {
+	*os.File
+	size int64
+}
+
+func (b *fileBody) Size() int64 { return b.size }
+
+// get decodes the record of id in a read transaction.
+func (s *Store) get(tx *bolt.Tx, id string) (*record, error) {
+	raw := tx.Bucket(bucketMsgs).Get([]byte(id))
+	if raw == nil {
+		return nil, queue.ErrNotFound
+	}
+	rec, err := decodeRecord(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", queue.ErrCorrupt, err)
+	}
+	return rec, nil
+}
+
+func (s *Store) readable() error {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return queue.ErrClosed
+	}
+	return nil
+}
+
+func (s *Store) Inspect(ctx context.Context, id string) (*queue.Item, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, &queue.Error{Op: "inspect", ID: id, Err: err}
+	}
+	if err := s.readable(); err != nil {
+		return nil, &queue.Error{Op: "inspect", ID: id, Err: err}
+	}
+	var it *queue.Item
+	err := s.db.View(func(tx *bolt.Tx) error {
+		rec, err := s.get(tx, id)
+		if err != nil {
+			return err
+		}
+		it = rec.item(id)
+		return nil
+	})
+	if err != nil {
+		return nil, &queue.Error{Op: "inspect", ID: id, Err: err}
+	}
+	return it, nil
+}
+
+// List returns the items it can decode; undecodable records are named in
+// an error wrapping queue.ErrCorrupt returned with them.
+func (s *Store) List(ctx context.Context, after string, limit int) ([]*queue.Item, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, &queue.Error{Op: "list", Err: err}
+	}
+	if err := s.readable(); err != nil {
+		return nil, &queue.Error{Op: "list", Err: err}
+	}
+	var (
+		items   []*queue.Item
+		corrupt []error
+	)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketMsgs).Cursor()
+		k, v := c.Seek([]byte(after))
+		if k != nil && string(k) == after {
+			k, v = c.Next()
+		}
+		for ; k != nil && (limit <= 0 || len(items) < limit); k, v = c.Next() {
+			rec, err := decodeRecord(v)
+			if err != nil {
+				corrupt = append(corrupt, fmt.Errorf("%s: %v", k, err))
+				continue
+			}
+			items = append(items, rec.item(string(k)))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, &queue.Error{Op: "list", Err: err}
+	}
+	if len(corrupt) > 0 {
+		return items, &queue.Error{Op: "list", Err: fmt.Errorf("%w: %w", queue.ErrCorrupt, errors.Join(corrupt...))}
+	}
+	return items, nil
+}
+
+func (s *Store) Stats(ctx context.Context) (queue.Stats, error) {
+	if err := ctx.Err(); err != nil {
+		return queue.Stats{}, &queue.Error{Op: "stats", Err: err}
+	}
+	if err := s.readable(); err != nil {
+		return queue.Stats{}, &queue.Error{Op: "stats", Err: err}
+	}
+	var st queue.Stats
+	now := s.now().UnixNano()
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketSched).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if len(k) < 8 {
+				continue
+			}
+			st.Items++
+			switch {
+			case int64(binary.BigEndian.Uint64(k)) <= now:
+				st.Due++
+			case bytes.Equal(v, schedLeased):
+				st.Leased++
+			default:
+				st.Deferred++
+			}
+		}
+		st.Quarantined = tx.Bucket(bucketDead).Stats().KeyN
+		// IDs sort by creation time: the first record is the oldest.
+		if k, v := tx.Bucket(bucketMsgs).Cursor().First(); k != nil {
+			if rec, err := decodeRecord(v); err == nil {
+				st.Oldest = unixTime(rec.Created)
+			} else if t, ok := queue.IDTime(string(k)); ok {
+				st.Oldest = t
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return queue.Stats{}, &queue.Error{Op: "stats", Err: err}
+	}
+	return st, nil
+}
+
+func (s *Store) NextDue(ctx context.Context) (time.Time, bool, <-chan struct{}, error) {
+	if err := ctx.Err(); err != nil {
+		return time.Time{}, false, nil, &queue.Error{Op: "next due", Err: err}
+	}
+	if err := s.readable(); err != nil {
+		return time.Time{}, false, nil, &queue.Error{Op: "next due", Err: err}
+	}
+	s.nextMu.Lock()
+	defer s.nextMu.Unlock()
+	return unixTime(s.next), s.next != 0, s.changed, nil
+}
+
+// Close stops the commit loop, after the operations already submitted, and
+// closes the database. Items stay stored.
+func (s *Store) Close() error {
+	s.closeMu.Lock()
+	if s.closed {
+		s.closeMu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.reqs)
+	s.closeMu.Unlock()
+	<-s.loopDone
+	s.nextMu.Lock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.nextMu.Unlock()
+	if err := s.db.Close(); err != nil {
+		return &queue.Error{Op: "close", Err: err}
+	}
+	return nil
+}
+
+// syncDir makes the directory entries in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
