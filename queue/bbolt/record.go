@@ -23,21 +23,21 @@ const (
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 type record struct {
-	Key       string  `json:"key,omitempty"`
-	From      string  `json:"from"`
-	Rcpts     []rcpt  `json:"rcpts"`
-	EnvID     string  `json:"envid,omitempty"`
-	Ret       uint8   `json:"ret,omitempty"`
-	UTF8      bool    `json:"smtputf8,omitempty"`
-	Size      int64   `json:"size,omitempty"`
-	Created   int64   `json:"created"` // Unix nanoseconds
-	Attempts  int     `json:"attempts,omitempty"`
-	Next      int64   `json:"next"` // Unix nanoseconds; also the sched key
-	LastError string  `json:"lastError,omitempty"`
-	BodySize  int64   `json:"bodySize"`
-	Spool     bool    `json:"spool,omitempty"` // body in the spool file named by the ID
-	Token     uint64  `json:"token,omitempty"`
-	Leased    bool    `json:"leased,omitempty"` // leased and not recorded since
+	Key       string `json:"key,omitempty"`
+	From      string `json:"from"`
+	Rcpts     []rcpt `json:"rcpts"`
+	EnvID     string `json:"envid,omitempty"`
+	Ret       uint8  `json:"ret,omitempty"`
+	UTF8      bool   `json:"smtputf8,omitempty"`
+	Size      int64  `json:"size,omitempty"`
+	Created   int64  `json:"created"` // Unix nanoseconds
+	Attempts  int    `json:"attempts,omitempty"`
+	Next      int64  `json:"next"` // Unix nanoseconds; also the sched key
+	LastError string `json:"lastError,omitempty"`
+	BodySize  int64  `json:"bodySize"`
+	Spool     bool   `json:"spool,omitempty"` // body in the spool file named by the ID
+	Token     uint64 `json:"token,omitempty"`
+	Leased    bool   `json:"leased,omitempty"` // leased and not recorded since
 }
 
 type rcpt struct {
