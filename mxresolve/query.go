@@ -19,6 +19,13 @@ func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16) (answe
 		}
 	}
 	return r.coalesce(ctx, name+"/"+strconv.Itoa(int(qtype)), func(ctx context.Context) (answer, error) {
+		// A flight that ended between this caller's cache miss and the
+		// start of this one has filled the cache.
+		if r.answers != nil {
+			if a, ok := r.answers.Get(key); ok && r.now().Before(a.expires) {
+				return a, nil
+			}
+		}
 		a, err := r.lookupUncached(ctx, name, qtype)
 		if err == nil && r.answers != nil && !a.expires.IsZero() {
 			r.answers.Add(key, a)

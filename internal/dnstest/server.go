@@ -374,8 +374,9 @@ func (s *Server) Received(name string, qtype uint16, transport string) int {
 	return sum(s.received, name, qtype, transport)
 }
 
-// Answered is like Received but counts only the replies written. Silenced
-// queries and queries dropped while held are not answered.
+// Answered is like Received but counts only the queries replied to; a reply
+// is counted before it is sent, so a client that has it sees it counted.
+// Silenced queries and queries dropped while held are not answered.
 func (s *Server) Answered(name string, qtype uint16, transport string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -480,13 +481,18 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		}
 		resp.Truncate(size)
 	}
-	if err := w.WriteMsg(resp); err != nil {
-		return
-	}
+	// Count before writing, so that a client that has the reply always
+	// sees it counted.
 	s.mu.Lock()
 	s.answered[key]++
 	s.notifyLocked()
 	s.mu.Unlock()
+	if err := w.WriteMsg(resp); err != nil {
+		s.mu.Lock()
+		s.answered[key]--
+		s.notifyLocked()
+		s.mu.Unlock()
+	}
 }
 
 // reply builds the reply to a query, or returns nil for silence.
