@@ -84,6 +84,9 @@ func (r *Resolver) markGood(server string) {
 // is asked again over TCP from the same server (RFC 7766 §5); its records
 // are never used.
 func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
+	if r.exchangeHook != nil {
+		return r.exchangeHook(ctx, name, qtype)
+	}
 	servers, err := r.nameservers()
 	if err != nil {
 		return nil, err

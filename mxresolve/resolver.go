@@ -77,6 +77,9 @@ type Resolver struct {
 	answers *lru.Cache[queryKey, answer]     // nil when caching is off
 	domains *lru.Cache[string, *destination] // nil when caching is off
 
+	// exchangeHook, when set (by tests), replaces the nameservers.
+	exchangeHook func(ctx context.Context, name string, qtype uint16) (*dns.Msg, error)
+
 	group     singleflight.Group
 	flightsMu sync.Mutex
 	flights   map[string]*flight
@@ -167,37 +170,46 @@ func New(opts *Options) *Resolver {
 // may help. domain is an ASCII domain name (A-labels for internationalised
 // names); a final dot is optional.
 func (r *Resolver) Resolve(ctx context.Context, domain string) (*Result, error) {
-	fqdn, display, err := normalize(domain)
+	display, err := normalize(domain)
 	if err != nil {
 		return nil, permanent(strings.TrimSuffix(domain, "."), 550, [3]int{5, 1, 2}, err)
 	}
 	if r.domains != nil {
-		if d, ok := r.domains.Get(fqdn); ok && r.now().Before(d.expires) {
+		if d, ok := r.domains.Get(display); ok && r.now().Before(d.expires) {
 			return r.result(d)
 		}
 	}
-	d := r.resolve(ctx, fqdn, display)
+	d := r.resolve(ctx, display+".", display)
 	if r.domains != nil && !d.expires.IsZero() && r.now().Before(d.expires) {
-		r.domains.Add(fqdn, d)
+		r.domains.Add(display, d)
 	}
 	return r.result(d)
 }
 
-// normalize checks a domain and returns it as a canonical FQDN and in the
-// form results show.
-func normalize(domain string) (fqdn, display string, err error) {
+// normalize checks a domain and returns it in lower case without a final
+// dot. It does not allocate for a valid domain already in that form, which
+// keeps cached look-ups cheap.
+func normalize(domain string) (string, error) {
 	d := strings.TrimSuffix(domain, ".")
-	if d == "" || strings.HasPrefix(d, "[") {
-		return "", "", fmt.Errorf("%q: %w", domain, ErrInvalidDomain)
+	if d == "" || d[0] == '[' {
+		return "", fmt.Errorf("%q: %w", domain, ErrInvalidDomain)
 	}
-	if _, err := netip.ParseAddr(d); err == nil {
-		return "", "", fmt.Errorf("%q is an address: %w", domain, ErrInvalidDomain)
+	// Top-level domains are not all-numeric (RFC 3696 §2), so only a name
+	// ending in a digit or holding a colon can be an address.
+	if c := d[len(d)-1]; ('0' <= c && c <= '9') || strings.IndexByte(d, ':') >= 0 {
+		if _, err := netip.ParseAddr(d); err == nil {
+			return "", fmt.Errorf("%q is an address: %w", domain, ErrInvalidDomain)
+		}
 	}
 	if _, ok := dns.IsDomainName(d); !ok || len(d) > 253 {
-		return "", "", fmt.Errorf("%q: %w", domain, ErrInvalidDomain)
+		return "", fmt.Errorf("%q: %w", domain, ErrInvalidDomain)
 	}
-	fqdn = dns.CanonicalName(d)
-	return fqdn, fqdn[:len(fqdn)-1], nil
+	for i := 0; i < len(d); i++ {
+		if 'A' <= d[i] && d[i] <= 'Z' {
+			return strings.ToLower(d), nil
+		}
+	}
+	return d, nil
 }
 
 // result turns a destination into what one call returns: equal
@@ -327,7 +339,7 @@ func (r *Resolver) resolve(ctx context.Context, fqdn, display string) *destinati
 		d.cname = append(d.cname, strings.TrimSuffix(c, "."))
 	}
 	if mx.nxdomain {
-		return fail(permanent(display, 550, [3]int{5, 1, 2}, fmt.Errorf("%s: %w", display, ErrNoSuchDomain)), true)
+		return fail(permanent(display, 550, [3]int{5, 1, 2}, ErrNoSuchDomain), true)
 	}
 
 	var cands []candidate
@@ -340,10 +352,10 @@ func (r *Resolver) resolve(ctx context.Context, fqdn, display string) *destinati
 		cands, nullMX = r.candidates(mx.mx)
 		if len(cands) == 0 {
 			if nullMX {
-				return fail(permanent(display, 556, [3]int{5, 1, 10}, fmt.Errorf("%s: %w", display, ErrNullMX)), true)
+				return fail(permanent(display, 556, [3]int{5, 1, 10}, ErrNullMX), true)
 			}
 			return fail(permanent(display, 550, [3]int{5, 4, 4},
-				fmt.Errorf("%s: every MX target is an address literal: %w", display, ErrNoAddress)), true)
+				fmt.Errorf("every MX target is an address literal: %w", ErrNoAddress)), true)
 		}
 	}
 
@@ -352,7 +364,7 @@ func (r *Resolver) resolve(ctx context.Context, fqdn, display string) *destinati
 	if cut, ok := r.cutAtLocalName(cands); ok {
 		if cut == 0 {
 			return fail(permanent(display, 550, [3]int{5, 4, 6},
-				fmt.Errorf("%s: best MX %s is this host: %w", display, strings.TrimSuffix(cands[0].name, "."), ErrLoopsBack)), true)
+				fmt.Errorf("best MX %s is this host: %w", strings.TrimSuffix(cands[0].name, "."), ErrLoopsBack)), true)
 		}
 		cands = cands[:cut]
 	}
@@ -368,7 +380,7 @@ func (r *Resolver) resolve(ctx context.Context, fqdn, display string) *destinati
 		if r.isLocalHost(h) {
 			if i == 0 || hosts[0].Preference == h.Preference {
 				return fail(permanent(display, 550, [3]int{5, 4, 6},
-					fmt.Errorf("%s: best MX %s is this host: %w", display, h.Name, ErrLoopsBack)), true)
+					fmt.Errorf("best MX %s is this host: %w", h.Name, ErrLoopsBack)), true)
 			}
 			p := h.Preference
 			hosts = slices.DeleteFunc(hosts, func(h Host) bool { return h.Preference >= p })
@@ -384,9 +396,9 @@ func (r *Resolver) resolve(ctx context.Context, fqdn, display string) *destinati
 	}
 	if len(usable) == 0 {
 		if len(failures) > 0 {
-			return fail(temporary(display, fmt.Errorf("%s: %w: %w", display, ErrNoAddress, errors.Join(failures...))), false)
+			return fail(temporary(display, fmt.Errorf("%w: %w", ErrNoAddress, errors.Join(failures...))), false)
 		}
-		return fail(permanent(display, 550, [3]int{5, 4, 4}, fmt.Errorf("%s: %w", display, ErrNoAddress)), true)
+		return fail(permanent(display, 550, [3]int{5, 4, 4}, ErrNoAddress), true)
 	}
 	d.hosts = usable
 	if len(failures) == 0 {

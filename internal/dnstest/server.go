@@ -78,9 +78,19 @@ type countKey struct {
 	transport string
 }
 
+// TB is the part of testing.TB the server uses; *testing.T, *testing.B and
+// *testing.F satisfy it.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
+var _ TB = testing.TB(nil)
+
 // Server is a running DNS server. Create it with Start.
 type Server struct {
-	tb      testing.TB
+	tb      TB
 	addr    string
 	udp     *dns.Server
 	tcp     *dns.Server
@@ -101,7 +111,7 @@ type Server struct {
 
 // Start starts a server on 127.0.0.1 (UDP and TCP, same free port) and stops
 // it when the test ends.
-func Start(tb testing.TB) *Server {
+func Start(tb TB) *Server {
 	tb.Helper()
 	s := &Server{
 		tb:       tb,
