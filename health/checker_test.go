@@ -282,12 +282,16 @@ func TestPassiveFailuresBringTargetDownBeforeNextProbe(t *testing.T) {
 		defer sub.Close()
 		mustAdd(t, c, health.Target{Name: "relay1", Address: "192.0.2.1:25", Kind: health.ProbeSMTP})
 		stop := run(t, c)
-		sleepUntil(p.start, 5*time.Second) // up at 2, next probe due at 12
+		// Up at 2, next probe due at 12. Clients fail at 2.5: the first
+		// failure brings the next probe to 4, but Fall of them take the
+		// target down before that.
+		sleepUntil(p.start, 2500*time.Millisecond)
 		wantState(t, c, "relay1", health.Up)
 		errLost := errors.New("connection lost before the end of DATA")
 		for i := range 3 {
 			wantState(t, c, "relay1", health.Up)
 			c.ReportFailure("relay1", fmt.Errorf("delivery %d: %w", i, errLost))
+			synctest.Wait()
 		}
 		wantState(t, c, "relay1", health.Down)
 		if n := p.count("relay1"); n != 2 {
@@ -302,15 +306,17 @@ func TestPassiveFailuresBringTargetDownBeforeNextProbe(t *testing.T) {
 			last = ch
 		}
 		if last.From != health.Up || last.To != health.Down || !last.Passive || !errors.Is(last.Err, errLost) ||
-			last.At != p.start.Add(5*time.Second) {
+			last.At != p.start.Add(2500*time.Millisecond) {
 			t.Errorf("last change %+v", last)
 		}
-		// The server is fine for probes: the next probe (still at 12, the
-		// down pace is slower) and one FastInterval later bring it back.
-		sleepUntil(p.start, 15*time.Second)
+		// The server is fine for probes: the probe at 4 and one
+		// FastInterval later bring it back.
+		sleepUntil(p.start, 5*time.Second)
+		wantState(t, c, "relay1", health.Down)
+		sleepUntil(p.start, 7*time.Second)
 		wantState(t, c, "relay1", health.Up)
 		stop()
-		if got, want := p.times("relay1"), secs(0, 2, 12, 14); !slices.Equal(got, want) {
+		if got, want := p.times("relay1"), secs(0, 2, 4, 6); !slices.Equal(got, want) {
 			t.Errorf("probe times %v, want %v", got, want)
 		}
 	})
@@ -356,12 +362,17 @@ func TestPassiveSuccessesCountTowardRise(t *testing.T) {
 		c := health.New(timingOptions(p))
 		mustAdd(t, c, health.Target{Name: "relay1", Address: "192.0.2.1:25"})
 		stop := run(t, c)
-		sleepUntil(p.start, 10*time.Second) // down at 4, next probe at 34
+		// Down at 4, next probe at 34; the first success brings it to 6.
+		sleepUntil(p.start, 4500*time.Millisecond)
 		wantState(t, c, "relay1", health.Down)
 		c.ReportSuccess("relay1")
+		synctest.Wait()
 		wantState(t, c, "relay1", health.Down)
 		c.ReportSuccess("relay1")
 		wantState(t, c, "relay1", health.Up)
+		if st, _ := c.Status("relay1"); st.Since != p.start.Add(4500*time.Millisecond) || st.Reports != 2 {
+			t.Errorf("status %+v", st)
+		}
 		stop()
 	})
 }

@@ -198,7 +198,14 @@ func (s *session) fail(step string, code int, text string, err error) error {
 }
 
 func probeErr(ctx context.Context, t Target, step string, code int, text string, err error) error {
-	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+	cerr := ctx.Err()
+	var ne net.Error
+	if dl, ok := ctx.Deadline(); cerr == nil && ok && !time.Now().Before(dl) && errors.As(err, &ne) && ne.Timeout() {
+		// The connection's deadline is the context's: it can fire a hair
+		// before the context's own timer.
+		cerr = context.DeadlineExceeded
+	}
+	if cerr != nil && !errors.Is(err, cerr) {
 		// Say why the connection was cut: the probe's time ran out.
 		err = fmt.Errorf("%w: %w", cerr, err)
 	}
