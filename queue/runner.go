@@ -286,7 +286,7 @@ func (r *Runner) attempt(ctx context.Context, it *Item) {
 		if derr != nil && lastErr == "" {
 			lastErr = derr.Error()
 		}
-		if stopping {
+		if stopping && len(pendingOf(rs)) > 0 {
 			r.record(wctx, log, it, Update{Recipients: rs, Attempts: attempts, LastError: lastErr, NextAttempt: now})
 			return
 		}
