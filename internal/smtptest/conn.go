@@ -3,6 +3,7 @@ package smtptest
 import (
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -36,6 +37,7 @@ type faultConn struct {
 
 	// Read side.
 	inject        []byte // bytes handed to go-smtp before the socket's
+	pending       []byte // bytes read from the client during a delay
 	lastReadLines int    // CRLFs in the last chunk read from the socket
 
 	// Write side.
@@ -60,6 +62,12 @@ func (c *faultConn) Read(b []byte) (int, error) {
 	if len(c.inject) > 0 {
 		n := copy(b, c.inject)
 		c.inject = c.inject[n:]
+		return n, nil
+	}
+	if len(c.pending) > 0 {
+		n := copy(b, c.pending)
+		c.pending = c.pending[n:]
+		c.lastReadLines = bytes.Count(b[:n], []byte("\r\n"))
 		return n, nil
 	}
 	n, err := c.cur.Read(b)
@@ -107,20 +115,49 @@ func (c *faultConn) SetDeadline(t time.Time) error      { return c.raw.SetDeadli
 func (c *faultConn) SetReadDeadline(t time.Time) error  { return c.raw.SetReadDeadline(t) }
 func (c *faultConn) SetWriteDeadline(t time.Time) error { return c.raw.SetWriteDeadline(t) }
 
-// sleep waits d or until the connection is closed; it reports whether the
-// connection is still open.
+// sleep waits d, or until the connection is closed by the server or by
+// the client; it reports whether the connection is still open. While it
+// waits it keeps reading, so that a client giving up is noticed at once (as
+// it would be by a server blocked in a write); what the client sends
+// meanwhile is kept for go-smtp.
 func (c *faultConn) sleep(d time.Duration) bool {
 	if d <= 0 {
 		return true
 	}
+	peerGone := make(chan struct{})
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.cur.Read(buf)
+			c.pending = append(c.pending, buf[:n]...)
+			if err != nil {
+				var ne net.Error
+				if !errors.As(err, &ne) || !ne.Timeout() {
+					close(peerGone)
+				}
+				return
+			}
+		}
+	}()
 	t := time.NewTimer(d)
 	defer t.Stop()
+	open := true
 	select {
 	case <-t.C:
-		return true
 	case <-c.closed:
-		return false
+		open = false
+	case <-peerGone:
+		open = false
 	}
+	c.raw.SetReadDeadline(time.Unix(1, 0)) // stop the reader
+	<-readDone
+	c.raw.SetReadDeadline(time.Time{})
+	if !open {
+		c.Close()
+	}
+	return open
 }
 
 func (c *faultConn) writeRaw(s string) error {
