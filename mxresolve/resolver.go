@@ -167,8 +167,8 @@ func New(opts *Options) *Resolver {
 
 // Resolve returns the mail exchangers of domain with their addresses, in
 // the order to try them, or an *Error that says whether trying again later
-// may help. domain is an ASCII domain name (A-labels for internationalised
-// names); a final dot is optional.
+// may help. domain is an ASCII domain name, with or without a final dot;
+// an internationalised name must be given as A-labels ("xn--...").
 func (r *Resolver) Resolve(ctx context.Context, domain string) (*Result, error) {
 	display, err := normalize(domain)
 	if err != nil {
@@ -191,6 +191,13 @@ func (r *Resolver) Resolve(ctx context.Context, domain string) (*Result, error) 
 // keeps cached look-ups cheap.
 func normalize(domain string) (string, error) {
 	d := strings.TrimSuffix(domain, ".")
+	for i := 0; i < len(d); i++ {
+		if d[i] >= 0x80 {
+			// DNS holds A-labels (RFC 5890 §2.3.2.1); converting U-labels
+			// is left to the caller.
+			return "", fmt.Errorf("%q is not ASCII (give A-labels): %w", domain, ErrInvalidDomain)
+		}
+	}
 	if d == "" || d[0] == '[' {
 		return "", fmt.Errorf("%q: %w", domain, ErrInvalidDomain)
 	}

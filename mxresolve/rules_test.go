@@ -298,3 +298,20 @@ func TestAuthenticatedData(t *testing.T) {
 		t.Error("AD reported by default")
 	}
 }
+
+func TestInternationalizedDomain(t *testing.T) {
+	t.Parallel()
+	s := dnstest.Start(t)
+	s.AddMX("xn--bcher-kva.example", 300, 10, "mx.xn--bcher-kva.example")
+	s.AddA("mx.xn--bcher-kva.example", 300, "192.0.2.1")
+	r := newResolver(t, &Options{AddressPolicy: IPv4Only}, s)
+	res := resolve(t, r, "XN--bcher-kva.example")
+	if res.Domain != "xn--bcher-kva.example" || !slices.Equal(hostNames(res), []string{"mx.xn--bcher-kva.example"}) {
+		t.Fatalf("result %+v", res)
+	}
+	// U-labels are refused with a clear error rather than sent as bytes.
+	wantCode(t, resolveErr(t, r, "bücher.example"), 550, [3]int{5, 1, 2}, ErrInvalidDomain)
+	if n := s.Received("", 0, ""); n != 2 {
+		t.Fatalf("%d queries, want 2 (MX and A of the A-label domain only)", n)
+	}
+}

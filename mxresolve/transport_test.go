@@ -184,6 +184,18 @@ func TestCancellationStopsInFlightQueries(t *testing.T) {
 		}
 		cancelWait()
 	}
+
+	// The cancelled queries really stopped: once the server answers, a new
+	// look-up is not stuck behind them (it would join a query still in
+	// flight, which waits for the one-hour timeout).
+	s.SetFault("example.com", 0, dnstest.NoFault)
+	s.AddMX("example.com", 300, 10, "mx.example.com")
+	s.AddA("mx.example.com", 300, "192.0.2.1")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := r.Resolve(ctx, "example.com"); err != nil {
+		t.Fatalf("look-up after cancellation: %v", err)
+	}
 }
 
 func TestDeadlineBoundsTheLookup(t *testing.T) {
