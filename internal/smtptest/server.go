@@ -55,6 +55,7 @@ type Server struct {
 	// life serialises Start and Stop.
 	life    sync.Mutex
 	srv     *smtp.Server
+	ln      net.Listener
 	serveWG sync.WaitGroup
 
 	mu       sync.Mutex
@@ -214,7 +215,7 @@ func (s *Server) Start() error {
 	s.addr = ln.Addr().String()
 	s.running = true
 	s.mu.Unlock()
-	s.srv = srv
+	s.srv, s.ln = srv, ln
 	s.serveWG.Add(1)
 	go func() {
 		defer s.serveWG.Done()
@@ -241,18 +242,25 @@ func (s *Server) Stop() error {
 	}
 	s.mu.Unlock()
 
+	// Stop accepting first: go-smtp's Serve must be done adding to its
+	// WaitGroup before Shutdown waits on it.
+	s.ln.Close()
+	s.serveWG.Wait()
 	for _, c := range open {
 		c.Close()
 	}
-	// Shutdown closes the listener and waits for connection goroutines,
-	// which end quickly because their connections are closed.
+	// Shutdown waits for the connection goroutines, which end quickly
+	// because their connections are closed. Its error is the listener's
+	// second Close, which means nothing here.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := s.srv.Shutdown(ctx)
-	s.serveWG.Wait()
-	s.srv = nil
+	s.srv.Shutdown(ctx)
+	s.srv, s.ln = nil, nil
 	s.broadcast()
-	return err
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("smtptest: stopping: connections did not end: %w", err)
+	}
+	return nil
 }
 
 // Restart is Stop followed by Start on the same address.

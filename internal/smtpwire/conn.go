@@ -233,8 +233,13 @@ func (c *Conn) deadline(ctx context.Context, timeout time.Duration) {
 // fail closes the connection and returns the *ConnError for err.
 func (c *Conn) fail(ctx context.Context, stage Stage, err error) error {
 	c.Close()
+	var ne net.Error
 	if ctx.Err() != nil {
 		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+	} else if d, ok := ctx.Deadline(); ok && errors.As(err, &ne) && ne.Timeout() && !time.Now().Before(d) {
+		// The connection deadline was the context's, and fired just before
+		// the context noticed.
+		err = fmt.Errorf("%w (%v)", context.DeadlineExceeded, err)
 	} else if errors.Is(err, net.ErrClosed) && c.broken == nil {
 		err = fmt.Errorf("%w: %v", ErrClosed, err)
 	}
