@@ -543,3 +543,36 @@ func TestAddTargetValidation(t *testing.T) {
 		t.Errorf("%d targets held after invalid adds", n)
 	}
 }
+
+// TestPerTargetOverrides: a target's own interval, rise and fall replace
+// the checker's defaults for it alone.
+func TestPerTargetOverrides(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		p := newScriptedProber()
+		c := health.New(timingOptions(p))
+		mustAdd(t, c, health.Target{Name: "default", Address: "192.0.2.1:25"})
+		mustAdd(t, c, health.Target{Name: "eager", Address: "192.0.2.2:25",
+			Interval: 5 * time.Second, FastInterval: time.Second, DownInterval: 7 * time.Second, Rise: 1, Fall: 1})
+		stop := run(t, c)
+		sleepUntil(p.start, 500*time.Millisecond)
+		wantState(t, c, "eager", health.Up) // Rise 1
+		wantState(t, c, "default", health.Unknown)
+		sleepUntil(p.start, 10500*time.Millisecond)
+		p.set("eager", errRefused)
+		p.set("default", errRefused)
+		sleepUntil(p.start, 30*time.Second)
+		stop()
+		// eager: up at 0, steady every 5 s; down at its first failure (15),
+		// then every 7 s.
+		if got, want := p.times("eager"), secs(0, 5, 10, 15, 22, 29); !slices.Equal(got, want) {
+			t.Errorf("eager: probe times %v, want %v", got, want)
+		}
+		// default: up at 2, steady every 10 s; failing from 12, every 2 s,
+		// down at 16, next probe at 46.
+		if got, want := p.times("default"), secs(0, 2, 12, 14, 16); !slices.Equal(got, want) {
+			t.Errorf("default: probe times %v, want %v", got, want)
+		}
+		wantState(t, c, "default", health.Down)
+	})
+}
