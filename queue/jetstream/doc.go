@@ -1,3 +1,90 @@
-// Package jetstream is a queue store on NATS JetStream, for senders on
-// more than one machine sharing one queue.
+// Package jetstream is a queue.Store on NATS JetStream, for senders on
+// several machines that share one mail queue. Any number of runners in any
+// number of processes lease from the same queue; each item is held by one
+// runner at a time, and the item of a runner that crashed goes to another
+// once its lease runs out. Replication, leader election and durable
+// storage are the NATS servers' work; the package adds the mail queue's
+// semantics on top.
+//
+// # Server requirements
+//
+// The store checks what it can at start-up (Store.Open, or the first call)
+// and fails with an error wrapping ErrUnsupportedServer or ErrStreamConfig:
+//
+//   - nats-server 2.12 or later on every server of the cluster, with
+//     JetStream enabled: retries are scheduled messages
+//     (StreamConfig.AllowMsgSchedules), which older servers silently lack.
+//   - Synchronous writes: "jetstream { sync_interval: always }" in the
+//     server configuration (server.Options.SyncAlways when embedding). The
+//     default flushes to disk every two minutes, and a server that loses
+//     power can then lose writes it has acknowledged; with R3 a quorum of
+//     fsynced copies is what makes an acknowledged Enqueue durable. A client
+//     cannot read this setting, so the store cannot check it: it is the
+//     operator's part of the contract.
+//   - Three servers and Options.Replicas 3 (the default), so that an
+//     acknowledged write survives the loss of any one server and the queue
+//     keeps working while one is down.
+//   - A max_payload large enough for ordinary messages (the default 1 MiB
+//     is fine): larger bodies go to a JetStream object store.
+//
+// An existing stream must be a file-backed work queue with message
+// schedules, no limits that drop messages (MaxAge, MaxMsgs, MaxBytes,
+// MaxMsgsPerSubject), no direct get (reads of an item's latest version go
+// to the stream leader), and the default synchronous persist mode.
+//
+// # Layout
+//
+// One work-queue stream (Options.Stream) with these subjects under the
+// prefix Options.Subject:
+//
+//	<prefix>.ready.<id>  the item's version that is due now
+//	<prefix>.sched.<id>  the version waiting for its next attempt: a
+//	                     scheduled message (Nats-Schedule "@at <time>") that
+//	                     the server republishes to ready.<id> when due
+//	<prefix>.key.<hash>  the claim of an idempotency key: the item ID
+//	<prefix>.quar.<id>   a record that could not be decoded, set aside
+//
+// A version carries the whole item (envelope, per-recipient state, counters)
+// and its body, unless the body is larger than half the server's max payload;
+// then the body is an object named by the item ID in the object store bucket
+// Options.Stream+"_BODIES", written before the item and deleted after it.
+//
+// Runners share one durable pull consumer on ready.*. A lease is a delivery
+// not yet acknowledged: the consumer's AckWait (Options.AckWait) is the
+// server-side lease, renewed with in-progress acknowledgements for leases
+// longer than it. Complete acknowledges the delivery, and the work-queue
+// retention deletes it. Record publishes the next version to sched.<id>
+// (or ready.<id> when due at once) and then acknowledges the delivered one.
+// That publish is a compare-and-set on the item's latest version across
+// ready.<id> and sched.<id> (Nats-Expected-Last-Subject-Sequence with
+// Nats-Expected-Last-Subject-Sequence-Subject), so of two runners that both
+// believe they hold an item only one writes. If a runner stops between the
+// publish and the acknowledgement, the old version comes back after AckWait,
+// is found not to be the latest, and is dropped: there is no extra attempt.
+//
+// Scheduled messages survive restarts and leader changes: they are stream
+// messages, replicated like any other, and the new leader fires them.
+//
+// # Idempotency
+//
+// Every first version carries its item ID as Nats-Msg-Id, so a publish
+// retried through a leader election is stored once. A queue.Message Key is
+// claimed by a compare-and-set publish on key.<hash>; the item is then
+// published on condition that the claim is still the latest, so concurrent
+// enqueues with one key on any number of machines agree on one item. The
+// claim is deleted when the item completes.
+//
+// # Guarantees and limits
+//
+// Enqueue returns once the stream leader has the version stored on a
+// quorum (the PubAck). Delivery is at least once: a runner that stalls
+// past its lease while another takes the item over can make a second
+// delivery attempt, which the fencing then keeps from overwriting state.
+// Leases are held by the Store value that made them: Record and Complete
+// must be called on it. Due times follow the servers' clocks. List and Stats
+// read the stream's subject index, at a cost that grows with the queue: they
+// are for operators, not for the delivery path.
+//
+// A Store is safe for concurrent use. New does no I/O; Close stops the lease
+// renewal and hands held leases back; the caller owns the NATS connection.
 package jetstream

@@ -33,10 +33,10 @@ var (
 
 // Defaults of Options.
 const (
-	DefaultStream   = "HAMAIL_QUEUE"
-	DefaultSubject  = "hamail.queue"
-	DefaultReplicas = 3
-	DefaultAckWait  = 30 * time.Second
+	DefaultStream    = "HAMAIL_QUEUE"
+	DefaultSubject   = "hamail.queue"
+	DefaultReplicas  = 3
+	DefaultAckWait   = 30 * time.Second
 	DefaultMaxLeased = 10000
 	// consumerName is the durable pull consumer all runners share.
 	consumerName = "runners"
@@ -106,9 +106,10 @@ type Store struct {
 // held is a lease this Store value gave out.
 type held struct {
 	token    uint64
-	msg      natsjs.Msg // the delivery; nil once acknowledged
-	seq      uint64     // stream sequence of the item's latest version
+	msg      *delivery // the delivery; nil once acknowledged
+	seq      uint64    // stream sequence of the item's latest version
 	rec      *record
+	body     []byte    // inline body (bodies never change), nil for an object
 	until    time.Time // lease end as promised to the caller
 	extended time.Time // when the server's AckWait last restarted, at the latest
 	recheck  bool      // redelivered: another runner may have held it
@@ -422,14 +423,14 @@ func (s *Store) enqueueKeyed(ctx context.Context, rec *record, body []byte) (str
 			return "", err
 		}
 		var expect uint64
-		last, err := s.stream.GetLastMsgForSubject(ctx, subj)
+		last, err := s.lastOf(ctx, subj)
 		switch {
 		case errors.Is(err, natsjs.ErrMsgNotFound):
 		case err != nil:
 			return "", fmt.Errorf("reading key claim: %w", err)
 		default:
 			claimed := string(last.Data)
-			if _, err := s.stream.GetLastMsgForSubject(ctx, s.itemSubjects(claimed)); err == nil {
+			if _, err := s.lastOf(ctx, s.itemSubjects(claimed)); err == nil {
 				return claimed, nil
 			} else if !errors.Is(err, natsjs.ErrMsgNotFound) {
 				return "", fmt.Errorf("looking up item %s: %w", claimed, err)
@@ -450,7 +451,7 @@ func (s *Store) enqueueKeyed(ctx context.Context, rec *record, body []byte) (str
 		m := nats.NewMsg(subj)
 		m.Data = []byte(rec.ID)
 		m.Header.Set(natsjs.MsgRollup, natsjs.MsgRollupSubject)
-		pa, err := s.js.PublishMsg(ctx, m, natsjs.WithExpectLastSequencePerSubject(expect))
+		pa, err := s.publish(ctx, m, natsjs.WithExpectLastSequencePerSubject(expect), natsjs.WithMsgID(fmt.Sprintf("%s.%d", rec.ID, expect)))
 		if isWrongLastSeq(err) {
 			continue // another enqueue claimed it first
 		}
@@ -475,6 +476,64 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// retryFor bounds how long an operation is retried through a leader
+// election; it stays well inside the stream's two-minute de-duplication
+// window, so a publish retried with its Nats-Msg-Id is stored once.
+const retryFor = time.Minute
+
+// retry runs f until it succeeds, fails for good, or ctx or retryFor ends.
+// Each try gets at most five seconds.
+func retry(ctx context.Context, f func(context.Context) error) error {
+	deadline := time.Now().Add(retryFor)
+	wait := 25 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := f(actx)
+		cancel()
+		if err == nil || !transient(err) || ctx.Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		if err := sleepCtx(ctx, wait); err != nil {
+			return err
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
+}
+
+// transient reports errors that a leader election or a reconnect causes.
+func transient(err error) bool {
+	var apiErr *natsjs.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.Code == 503 || apiErr.Code == 408
+	}
+	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, natsjs.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected)
+}
+
+// publish publishes with retries; m carries a Nats-Msg-Id so that a retry
+// of a write that took effect is recognised as a duplicate.
+func (s *Store) publish(ctx context.Context, m *nats.Msg, opts ...natsjs.PublishOpt) (*natsjs.PubAck, error) {
+	var pa *natsjs.PubAck
+	err := retry(ctx, func(ctx context.Context) error {
+		var err error
+		pa, err = s.js.PublishMsg(ctx, m, opts...)
+		return err
+	})
+	return pa, err
+}
+
+// lastOf reads the last message on subj, with retries.
+func (s *Store) lastOf(ctx context.Context, subj string) (*natsjs.RawStreamMsg, error) {
+	var raw *natsjs.RawStreamMsg
+	err := retry(ctx, func(ctx context.Context) error {
+		var err error
+		raw, err = s.stream.GetLastMsgForSubject(ctx, subj)
+		return err
+	})
+	return raw, err
 }
 
 func isWrongLastSeq(err error) bool {
@@ -502,12 +561,14 @@ func (s *Store) publishVersion(ctx context.Context, rec *record, body []byte, ex
 	}
 	m := nats.NewMsg(subj)
 	m.Data = data
-	var opts []natsjs.PublishOpt
-	if first {
-		// A retried publish (no responders during a leader election) is
-		// then stored once.
-		opts = append(opts, natsjs.WithMsgID(rec.ID))
+	// A publish retried through a leader election is stored once: the
+	// first version is identified by the item's ID, later ones by the
+	// version they replace.
+	msgID := rec.ID
+	if !first {
+		msgID = fmt.Sprintf("%s.v%d", rec.ID, expect)
 	}
+	opts := []natsjs.PublishOpt{natsjs.WithMsgID(msgID)}
 	if casSubj != "" {
 		opts = append(opts, natsjs.WithExpectLastSequencePerSubject(expect))
 		m.Header.Set("Nats-Expected-Last-Subject-Sequence-Subject", casSubj)
@@ -517,11 +578,22 @@ func (s *Store) publishVersion(ctx context.Context, rec *record, body []byte, ex
 		m.Header.Set("Nats-Schedule", "@at "+rec.NextAttempt.UTC().Format(time.RFC3339Nano))
 		m.Header.Set("Nats-Schedule-Target", s.readySubject(rec.ID))
 	}
-	return s.js.PublishMsg(ctx, m, opts...)
+	pa, err := s.publish(ctx, m, opts...)
+	if isWrongLastSeq(err) {
+		// A retry of a write that took effect fails the comparison
+		// against its own result: recognise it by its ID.
+		if last, lerr := s.lastOf(ctx, s.itemSubjects(rec.ID)); lerr == nil && last.Header.Get(natsjs.MsgIDHeader) == msgID {
+			return &natsjs.PubAck{Stream: s.opts.Stream, Sequence: last.Sequence}, nil
+		}
+	}
+	return pa, err
 }
 
-// Lease takes up to max due items from the shared consumer. It does not
-// wait: with nothing due it returns none at once.
+// leaseWait is how long Lease waits for a first item when none is due.
+const leaseWait = 100 * time.Millisecond
+
+// Lease takes up to max due items from the shared consumer. When none is
+// due it waits up to a tenth of a second for one, then returns none.
 func (s *Store) Lease(ctx context.Context, max int, d time.Duration) ([]*queue.Item, error) {
 	if err := s.ready(ctx, "lease"); err != nil {
 		return nil, err
@@ -530,15 +602,8 @@ func (s *Store) Lease(ctx context.Context, max int, d time.Duration) ([]*queue.I
 		return nil, nil
 	}
 	start := time.Now()
-	batch, err := s.cons.FetchNoWait(max)
+	msgs, err := s.fetch(ctx, max, leaseWait)
 	if err != nil {
-		return nil, &queue.Error{Op: "lease", Err: err}
-	}
-	var msgs []natsjs.Msg
-	for m := range batch.Messages() {
-		msgs = append(msgs, m)
-	}
-	if err := batch.Error(); err != nil && len(msgs) == 0 && !errors.Is(err, natsjs.ErrNoMessages) {
 		return nil, &queue.Error{Op: "lease", Err: err}
 	}
 	if d < s.opts.AckWait {
@@ -570,13 +635,10 @@ func (s *Store) Lease(ctx context.Context, max int, d time.Duration) ([]*queue.I
 // take turns one delivery into a lease, or disposes of it: a corrupt
 // record is quarantined, a stale version (a newer one exists) acknowledged,
 // a version delivered before its time sent back until then.
-func (s *Store) take(ctx context.Context, m natsjs.Msg, start time.Time, d time.Duration) (*queue.Item, string, error) {
-	md, err := m.Metadata()
-	if err != nil {
-		return nil, "", err
-	}
+func (s *Store) take(ctx context.Context, m *delivery, start time.Time, d time.Duration) (*queue.Item, string, error) {
+	md := m.md
 	id := m.Subject()[len(s.subject)+len(".ready."):]
-	rec, _, err := decodeRecord(m.Data())
+	rec, body, err := decodeRecord(m.Data())
 	if err == nil && rec.ID != id {
 		err = fmt.Errorf("%w: record of %s on the subject of %s", errBadRecord, rec.ID, id)
 	}
@@ -586,7 +648,7 @@ func (s *Store) take(ctx context.Context, m natsjs.Msg, start time.Time, d time.
 	if md.NumDelivered > 1 {
 		// Redelivered: the runner that had it may have written a newer
 		// version before it stopped.
-		last, err := s.stream.GetLastMsgForSubject(ctx, s.itemSubjects(id))
+		last, err := s.lastOf(ctx, s.itemSubjects(id))
 		if err != nil && !errors.Is(err, natsjs.ErrMsgNotFound) {
 			_ = m.Nak()
 			return nil, "", err
@@ -611,6 +673,7 @@ func (s *Store) take(ctx context.Context, m natsjs.Msg, start time.Time, d time.
 		msg:      m,
 		seq:      md.Sequence.Stream,
 		rec:      rec,
+		body:     body,
 		until:    start.Add(d),
 		extended: start,
 		recheck:  md.NumDelivered > 1,
@@ -625,7 +688,7 @@ func (s *Store) take(ctx context.Context, m natsjs.Msg, start time.Time, d time.
 
 // quarantine moves an undecodable version aside where an operator can
 // read it, so that the rest of the queue keeps flowing.
-func (s *Store) quarantine(ctx context.Context, m natsjs.Msg, id string, cause error) error {
+func (s *Store) quarantine(ctx context.Context, m *delivery, id string, cause error) error {
 	if !validToken(id) {
 		id = "invalid"
 	}
@@ -633,7 +696,7 @@ func (s *Store) quarantine(ctx context.Context, m natsjs.Msg, id string, cause e
 	q.Data = m.Data()
 	q.Header.Set("Hamail-Quarantine-Reason", cause.Error())
 	q.Header.Set("Hamail-Quarantine-Subject", m.Subject())
-	if _, err := s.js.PublishMsg(ctx, q); err != nil {
+	if _, err := s.publish(ctx, q); err != nil {
 		_ = m.Nak()
 		return err
 	}
@@ -694,9 +757,9 @@ func (s *Store) Record(ctx context.Context, l queue.Lease, u queue.Update) error
 	}
 	var body []byte
 	if !old.BodyObject {
-		if body, err = s.inlineBody(ctx, l.ID, seq, msg); err != nil {
-			return &queue.Error{Op: "record", ID: l.ID, Err: err}
-		}
+		s.mu.Lock()
+		body = h.body
+		s.mu.Unlock()
 	}
 	rec := *old
 	rec.Recipients = append([]queue.RecipientState(nil), u.Recipients...)
@@ -723,33 +786,11 @@ func (s *Store) Record(ctx context.Context, l queue.Lease, u queue.Update) error
 		// The new version is stored; retire the delivered one. If this
 		// acknowledgement is lost the old version comes back after
 		// AckWait, is found stale and dropped.
-		if err := msg.DoubleAck(ctx); err != nil {
+		if err := retry(ctx, msg.DoubleAck); err != nil {
 			s.log.Warn("acknowledging the replaced version", "id", l.ID, "err", err)
 		}
 	}
 	return nil
-}
-
-// inlineBody returns the body carried by the version at seq.
-func (s *Store) inlineBody(ctx context.Context, id string, seq uint64, msg natsjs.Msg) ([]byte, error) {
-	var data []byte
-	if msg != nil {
-		data = msg.Data()
-	} else {
-		raw, err := s.stream.GetMsg(ctx, seq)
-		if err != nil {
-			if errors.Is(err, natsjs.ErrMsgNotFound) {
-				return nil, fmt.Errorf("%w: version %d is gone", queue.ErrLeaseLost, seq)
-			}
-			return nil, err
-		}
-		data = raw.Data
-	}
-	_, body, err := decodeRecord(data)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", queue.ErrCorrupt, err)
-	}
-	return bytes.Clone(body), nil
 }
 
 func (s *Store) drop(l queue.Lease) {
@@ -776,7 +817,7 @@ func (s *Store) Complete(ctx context.Context, l queue.Lease) error {
 	if msg == nil || recheck {
 		// After a Record, or when another runner may have held the item:
 		// the version we hold must still be the latest.
-		last, err := s.stream.GetLastMsgForSubject(ctx, s.itemSubjects(l.ID))
+		last, err := s.lastOf(ctx, s.itemSubjects(l.ID))
 		if err != nil && !errors.Is(err, natsjs.ErrMsgNotFound) {
 			return &queue.Error{Op: "complete", ID: l.ID, Err: err}
 		}
@@ -786,10 +827,11 @@ func (s *Store) Complete(ctx context.Context, l queue.Lease) error {
 		}
 	}
 	if msg != nil {
-		if err := msg.DoubleAck(ctx); err != nil {
+		// Acknowledging twice is harmless, so a lost reply is retried.
+		if err := retry(ctx, msg.DoubleAck); err != nil {
 			return &queue.Error{Op: "complete", ID: l.ID, Err: err}
 		}
-	} else if err := s.stream.DeleteMsg(ctx, seq); err != nil {
+	} else if err := retry(ctx, func(ctx context.Context) error { return s.stream.DeleteMsg(ctx, seq) }); err != nil {
 		if errors.Is(err, natsjs.ErrMsgNotFound) {
 			s.drop(l)
 			return &queue.Error{Op: "complete", ID: l.ID, Err: fmt.Errorf("%w: the item has a newer version", queue.ErrLeaseLost)}
@@ -835,9 +877,20 @@ func (s *Store) Body(ctx context.Context, id string) (queue.Body, error) {
 	if err := s.ready(ctx, "body"); err != nil {
 		return nil, err
 	}
-	_, rec, body, err := s.latest(ctx, id)
-	if err != nil {
-		return nil, &queue.Error{Op: "body", ID: id, Err: err}
+	// The runner reads the body of what it just leased: serve that from
+	// the delivered copy instead of asking the leader.
+	var rec *record
+	var body []byte
+	s.mu.Lock()
+	if h := s.held[id]; h != nil {
+		rec, body = h.rec, h.body
+	}
+	s.mu.Unlock()
+	if rec == nil {
+		var err error
+		if _, rec, body, err = s.latest(ctx, id); err != nil {
+			return nil, &queue.Error{Op: "body", ID: id, Err: err}
+		}
 	}
 	if !rec.BodyObject {
 		return queue.BytesBody(bytes.Clone(body)), nil
@@ -993,7 +1046,7 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
-	var release []natsjs.Msg
+	var release []*delivery
 	for id, h := range s.held {
 		if h.msg != nil {
 			release = append(release, h.msg)
@@ -1037,7 +1090,7 @@ func (s *Store) keep(stop <-chan struct{}, stopped chan<- struct{}) {
 		case <-tick.C:
 		}
 		now := time.Now()
-		var renew []natsjs.Msg
+		var renew []*delivery
 		s.mu.Lock()
 		for id, h := range s.held {
 			switch {
