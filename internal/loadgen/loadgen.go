@@ -1,0 +1,173 @@
+// Package loadgen sends a stream of generated messages over a fixed number
+// of reused SMTP connections with internal/smtpwire, to measure the
+// throughput of the wire layer against a sink such as Postfix's smtp-sink.
+// The program is in cmd/loadgen; compare.sh runs it side by side with
+// Postfix's smtp-source.
+//
+// Each worker holds one connection for the whole run: EHLO once, then
+// MAIL/RCPT/DATA per message (pipelined when the server offers PIPELINING,
+// RFC 2920), optionally with RSET between messages as a pooled connection
+// would get, and QUIT at the end.
+package loadgen
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hamail/hamail/internal/smtpwire"
+)
+
+// Config describes a run. Zero fields take the defaults noted.
+type Config struct {
+	Addr     string // server host:port (required)
+	Conns    int    // connections, one worker each; default 16
+	Messages int    // messages in total; default 20000
+	Size     int    // body size in bytes; default 2048
+	// Reset sends RSET between messages on a connection.
+	Reset     bool
+	LocalName string // EHLO name; default "loadgen.example.org"
+	From      string // default "loadgen@example.org"
+	To        string // default "sink@example.net"
+	// Dialer opens connections; nil means a net.Dialer with a 30 s timeout.
+	Dialer interface {
+		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+	}
+}
+
+// Result summarises a run.
+type Result struct {
+	Sent     int           // messages accepted by the server
+	Failed   int           // messages refused or lost
+	Elapsed  time.Duration // from the first connection to the last reply
+	FirstErr error         // the first failure, if any
+}
+
+// Rate is the accepted messages per second.
+func (r Result) Rate() float64 {
+	if r.Elapsed <= 0 {
+		return 0
+	}
+	return float64(r.Sent) / r.Elapsed.Seconds()
+}
+
+// Body returns a message of about size bytes: a few header fields and
+// 78-character lines, the shape smtp-source sends.
+func Body(size int) []byte {
+	var b bytes.Buffer
+	b.WriteString("From: loadgen@example.org\r\nTo: sink@example.net\r\nSubject: load test\r\n\r\n")
+	line := strings.Repeat("abcdefghijklmnopqrstuvwxyz0123456789", 3)[:78] + "\r\n"
+	for b.Len()+len(line) <= size {
+		b.WriteString(line)
+	}
+	if rest := size - b.Len(); rest > 2 {
+		b.WriteString(line[:rest-2] + "\r\n")
+	}
+	return b.Bytes()
+}
+
+// Run sends cfg.Messages messages and returns when they are all answered,
+// a connection cannot be opened, or ctx ends. Failed messages are counted,
+// not retried.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	if cfg.Addr == "" {
+		return Result{}, errors.New("loadgen: no address")
+	}
+	if cfg.Conns <= 0 {
+		cfg.Conns = 16
+	}
+	if cfg.Messages <= 0 {
+		cfg.Messages = 20000
+	}
+	if cfg.Size <= 0 {
+		cfg.Size = 2048
+	}
+	if cfg.LocalName == "" {
+		cfg.LocalName = "loadgen.example.org"
+	}
+	if cfg.From == "" {
+		cfg.From = "loadgen@example.org"
+	}
+	if cfg.To == "" {
+		cfg.To = "sink@example.net"
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{Timeout: 30 * time.Second}
+	}
+	body := Body(cfg.Size)
+	rcpts := []smtpwire.Recipient{{Addr: cfg.To}}
+
+	var (
+		next           atomic.Int64
+		sent, failed   atomic.Int64
+		errOnce        sync.Once
+		firstErr       error
+		wg             sync.WaitGroup
+		setErr         = func(err error) { errOnce.Do(func() { firstErr = err }) }
+		start          = time.Now()
+		connectFailure atomic.Bool
+	)
+	for range cfg.Conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nc, err := cfg.Dialer.DialContext(ctx, "tcp", cfg.Addr)
+			if err != nil {
+				connectFailure.Store(true)
+				setErr(err)
+				return
+			}
+			c, err := smtpwire.NewConn(ctx, nc, &smtpwire.Options{LocalName: cfg.LocalName})
+			if err != nil {
+				connectFailure.Store(true)
+				setErr(err)
+				return
+			}
+			defer c.Close()
+			if err := c.Hello(ctx); err != nil {
+				setErr(err)
+				return
+			}
+			r := bytes.NewReader(body)
+			for first := true; ; first = false {
+				if next.Add(1) > int64(cfg.Messages) {
+					break
+				}
+				if cfg.Reset && !first {
+					if err := c.Reset(ctx); err != nil {
+						failed.Add(1)
+						setErr(err)
+						return
+					}
+				}
+				r.Reset(body)
+				if _, err := c.Send(ctx, cfg.From, nil, rcpts, r); err != nil {
+					failed.Add(1)
+					setErr(err)
+					var ce *smtpwire.ConnError
+					if errors.As(err, &ce) {
+						return
+					}
+					continue
+				}
+				sent.Add(1)
+			}
+			c.Quit(ctx)
+		}()
+	}
+	wg.Wait()
+	res := Result{Sent: int(sent.Load()), Failed: int(failed.Load()), Elapsed: time.Since(start), FirstErr: firstErr}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	if connectFailure.Load() && res.Sent == 0 {
+		return res, fmt.Errorf("loadgen: %w", firstErr)
+	}
+	return res, nil
+}

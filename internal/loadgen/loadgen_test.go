@@ -1,0 +1,102 @@
+package loadgen
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/hamail/hamail/internal/smtptest"
+)
+
+func TestRunDeliversEveryMessage(t *testing.T) {
+	t.Parallel()
+	for _, reset := range []bool{false, true} {
+		s := smtptest.NewServer(t, &smtptest.Options{DiscardBodies: true})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		res, err := Run(ctx, Config{Addr: s.Addr(), Conns: 4, Messages: 200, Size: 1000, Reset: reset})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Sent != 200 || res.Failed != 0 || res.Rate() <= 0 {
+			t.Fatalf("result %+v", res)
+		}
+		msgs, err := s.WaitMessages(ctx, 200)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			if m.Size != 1000 || !m.Pipelined {
+				t.Fatalf("message size %d pipelined %v", m.Size, m.Pipelined)
+			}
+		}
+		st := s.Stats()
+		if st.Connections != 4 || st.EHLO != 4 {
+			t.Errorf("connections not reused: %+v", st)
+		}
+		if want := 0; reset {
+			want = 200 - 4
+			if st.Rset != want {
+				t.Errorf("RSET %d, want %d", st.Rset, want)
+			}
+		} else if st.Rset != want {
+			t.Errorf("RSET %d, want %d", st.Rset, want)
+		}
+	}
+}
+
+func TestRunCountsRefusals(t *testing.T) {
+	t.Parallel()
+	s := smtptest.NewServer(t, nil)
+	s.SetFault(smtptest.StageDataEnd, smtptest.Fault{Reply: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "later"}, Times: 3})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := Run(ctx, Config{Addr: s.Addr(), Conns: 2, Messages: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Sent != 17 || res.Failed != 3 || res.FirstErr == nil {
+		t.Fatalf("result %+v", res)
+	}
+}
+
+func TestRunNoServer(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := Run(ctx, Config{Addr: addr, Conns: 2, Messages: 10}); err == nil {
+		t.Fatal("no error without a server")
+	}
+}
+
+func TestBodySize(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{100, 2048, 4096, 100000} {
+		if got := len(Body(n)); got != n {
+			t.Errorf("Body(%d) is %d bytes", n, got)
+		}
+	}
+}
+
+// BenchmarkRun sends b.N 2 KB messages over 16 reused connections to the
+// in-process server. compare.sh measures against Postfix's smtp-sink and
+// smtp-source instead.
+func BenchmarkRun(b *testing.B) {
+	s := smtptest.NewServer(b, &smtptest.Options{DiscardBodies: true})
+	b.ReportAllocs()
+	b.ResetTimer()
+	res, err := Run(context.Background(), Config{Addr: s.Addr(), Conns: 16, Messages: b.N, Size: 2048})
+	if err != nil || res.Failed > 0 {
+		b.Fatal(err, res.FirstErr)
+	}
+	b.ReportMetric(res.Rate(), "msgs/s")
+}
