@@ -3,6 +3,7 @@ package smtpclient
 import (
 	"context"
 	"io"
+	"slices"
 	"sync"
 	"time"
 )
@@ -43,6 +44,7 @@ type pooled[C io.Closer] struct {
 type hostPool[C io.Closer] struct {
 	slots chan struct{} // one token per open or opening connection
 	idle  []*pooled[C]  // most recently used last
+	wake  chan struct{} // closed when a slot or idle connection may be free
 	stats PoolStats
 }
 
@@ -86,63 +88,85 @@ func (p *pool[C]) host(key string) *hostPool[C] {
 	return h
 }
 
-// acquire takes a slot for key, waiting while the host is at its cap, and
-// returns an idle connection if one is young enough. A nil result with a
-// nil error means: the slot is yours, dial a new connection and hand it to
-// put or discard.
+// acquire returns an idle connection for key if one is young enough, or
+// takes a slot for a new one, waiting while the host is at its cap. A nil
+// result with a nil error means: the slot is yours, dial a new connection
+// and hand it to opened, or call dialFailed.
 func (p *pool[C]) acquire(ctx context.Context, key string) (*pooled[C], error) {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil, ErrClosed
-	}
-	h := p.host(key)
-	h.stats.Waiting++
-	p.mu.Unlock()
-	select {
-	case h.slots <- struct{}{}:
-	case <-ctx.Done():
-		p.mu.Lock()
-		h.stats.Waiting--
-		p.mu.Unlock()
-		return nil, ctx.Err()
-	}
-	var stale []*pooled[C]
-	defer func() {
-		for _, pc := range stale {
-			pc.c.Close()
+	for {
+		pc, wake, stale, err := p.tryAcquire(key)
+		for _, s := range stale {
+			s.c.Close()
 		}
-	}()
+		if err != nil || wake == nil {
+			return pc, err
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+		}
+		p.mu.Lock()
+		p.host(key).stats.Waiting--
+		p.mu.Unlock()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// tryAcquire does acquire's work without blocking; a non-nil wake means
+// the host is at its cap and wake is closed when that may have changed.
+func (p *pool[C]) tryAcquire(key string) (pc *pooled[C], wake chan struct{}, stale []*pooled[C], err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	h.stats.Waiting--
 	if p.closed {
-		<-h.slots
-		return nil, ErrClosed
+		return nil, nil, nil, ErrClosed
 	}
+	h := p.host(key)
 	now := p.now()
 	for len(h.idle) > 0 {
 		pc := h.idle[len(h.idle)-1]
 		h.idle = h.idle[:len(h.idle)-1]
 		pc.timer.Stop()
+		h.stats.Idle--
 		if now.Sub(pc.created) >= p.maxAge || now.Sub(pc.idle) >= p.idleTimeout {
 			// Postfix reuses a connection for 300 s at most and keeps it
 			// idle for 2 s: older ones are closed, not reused.
 			h.stats.Open--
-			h.stats.Idle--
 			h.stats.Expired++
-			<-h.slots // the stale connection's token
+			<-h.slots
 			stale = append(stale, pc)
 			continue
 		}
-		h.stats.Idle--
 		h.stats.Reuses++
 		pc.reused = true
-		<-h.slots // the idle connection already held a token
-		return pc, nil
+		return pc, nil, stale, nil // its slot goes with it
 	}
-	h.stats.Dials++
-	return nil, nil
+	select {
+	case h.slots <- struct{}{}:
+		h.stats.Dials++
+		return nil, nil, stale, nil
+	default:
+	}
+	if h.wake == nil {
+		h.wake = make(chan struct{})
+	}
+	h.stats.Waiting++
+	return nil, h.wake, stale, nil
+}
+
+// signal wakes the acquirers waiting on h. Called with p.mu held.
+func (h *hostPool[C]) signal() {
+	if h.wake != nil {
+		close(h.wake)
+		h.wake = nil
+	}
+}
+
+// release frees a slot. Called with p.mu held.
+func (h *hostPool[C]) release() {
+	<-h.slots
+	h.signal()
 }
 
 // opened records a new connection made after acquire returned nil.
@@ -156,9 +180,8 @@ func (p *pool[C]) opened(key string, c C) *pooled[C] {
 // dialFailed releases the slot of a dial that failed.
 func (p *pool[C]) dialFailed(key string) {
 	p.mu.Lock()
-	h := p.host(key)
-	p.mu.Unlock()
-	<-h.slots
+	defer p.mu.Unlock()
+	p.host(key).release()
 }
 
 // put returns a healthy connection for reuse, or closes it when the host
@@ -169,8 +192,8 @@ func (p *pool[C]) put(key string, pc *pooled[C]) {
 	now := p.now()
 	if p.closed || p.maxIdle < 0 || len(h.idle) >= p.maxIdle || now.Sub(pc.created) >= p.maxAge {
 		h.stats.Open--
+		h.release()
 		p.mu.Unlock()
-		<-h.slots
 		pc.c.Close()
 		return
 	}
@@ -179,8 +202,9 @@ func (p *pool[C]) put(key string, pc *pooled[C]) {
 	h.idle = append(h.idle, pc)
 	h.stats.Idle++
 	pc.timer = time.AfterFunc(p.idleTimeout, func() { p.expire(key, pc) })
+	// The slot stays taken: an idle connection counts toward the cap.
+	h.signal()
 	p.mu.Unlock()
-	// The token stays taken: an idle connection counts toward the cap.
 }
 
 // discard closes a connection that must not be reused and frees its slot.
@@ -188,8 +212,8 @@ func (p *pool[C]) discard(key string, pc *pooled[C]) {
 	p.mu.Lock()
 	h := p.host(key)
 	h.stats.Open--
+	h.release()
 	p.mu.Unlock()
-	<-h.slots
 	pc.c.Close()
 }
 
@@ -198,23 +222,17 @@ func (p *pool[C]) discard(key string, pc *pooled[C]) {
 func (p *pool[C]) expire(key string, pc *pooled[C]) {
 	p.mu.Lock()
 	h := p.host(key)
-	i := -1
-	for j, x := range h.idle {
-		if x == pc {
-			i = j
-			break
-		}
-	}
+	i := slices.Index(h.idle, pc)
 	if i < 0 {
 		p.mu.Unlock()
 		return
 	}
-	h.idle = append(h.idle[:i], h.idle[i+1:]...)
+	h.idle = slices.Delete(h.idle, i, i+1)
 	h.stats.Idle--
 	h.stats.Open--
 	h.stats.Expired++
+	h.release()
 	p.mu.Unlock()
-	<-h.slots
 	pc.c.Close()
 }
 
@@ -223,20 +241,19 @@ func (p *pool[C]) close() {
 	p.mu.Lock()
 	p.closed = true
 	var all []*pooled[C]
-	var slots []chan struct{}
 	for _, h := range p.hosts {
 		for _, pc := range h.idle {
 			pc.timer.Stop()
 			all = append(all, pc)
-			slots = append(slots, h.slots)
 			h.stats.Open--
 			h.stats.Idle--
+			h.release()
 		}
 		h.idle = nil
+		h.signal()
 	}
 	p.mu.Unlock()
-	for i, pc := range all {
-		<-slots[i]
+	for _, pc := range all {
 		pc.c.Close()
 	}
 }
