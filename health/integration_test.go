@@ -159,7 +159,7 @@ func TestCheckerBlackHole(t *testing.T) {
 	px := faultproxy.Start(t, srv.Addr())
 	var log eventLog
 	opts := fastOptions(&log)
-	opts.Timeout = 300 * time.Millisecond
+	opts.Timeout = time.Second // long enough for a loaded CI machine
 	c := health.New(opts)
 	sub := c.Subscribe()
 	defer sub.Close()
