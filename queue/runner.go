@@ -179,15 +179,15 @@ func (r *Runner) Run(ctx context.Context) error {
 				r.log.Error("queue: next due", "err", err)
 			case ok:
 				changed = ch
-				delay = next.Sub(r.now())
+				delay = max(next.Sub(r.now()), 0)
+				if delay == 0 && len(items) == 0 {
+					// Became due between Lease and NextDue, or taken by
+					// another runner: look again shortly, not in a loop.
+					delay = 10 * time.Millisecond
+				}
 			default:
 				changed = ch
 				delay = -1 // nothing queued: wait for a change
-			}
-			if len(items) == 0 && delay == 0 {
-				// Due by the store's clock but not leasable (a race with
-				// another runner): look again shortly, not in a loop.
-				delay = 10 * time.Millisecond
 			}
 		}
 		if !r.wait(ctx, delay, changed, freed) {

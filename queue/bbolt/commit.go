@@ -114,6 +114,7 @@ func (s *Store) commit(batch []*request) {
 	}
 	var next int64
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		s.groupBytes = 0
 		for _, r := range group {
 			r.err = r.fn(tx)
 			var rj *rejection

@@ -50,9 +50,12 @@ type Options struct {
 	// bodies go to spool files beside it. 0 means 64 KiB; negative means
 	// every body goes to a spool file.
 	InlineBodyMax int
-	// MaxSize caps the database file, in octets; at the cap Enqueue fails
-	// with queue.ErrStorageFull. 0 means no cap. Spool files are not
-	// counted.
+	// MaxSize caps the data in the database file, in octets: an Enqueue
+	// that would pass it fails with queue.ErrStorageFull. 0 means no cap.
+	// Spool files are not counted. The file itself may grow to MaxSize
+	// plus a reserve of a quarter (at least 1 MiB), because leasing,
+	// recording and completing write new pages before they free old ones:
+	// a full queue must still drain.
 	MaxSize int
 	// LockTimeout is how long Open waits for another process to release
 	// the database; 0 means 5 seconds.
@@ -73,8 +76,13 @@ type Store struct {
 	now       func() time.Time
 	inlineMax int
 	maxBatch  int
-	log       *slog.Logger
-	ids       queue.IDSource
+	maxSize   int64
+	pageSize  int64
+	// groupBytes counts what the enqueues of the group being committed
+	// add, for the MaxSize check; only the commit loop touches it.
+	groupBytes int64
+	log        *slog.Logger
+	ids        queue.IDSource
 
 	// closeMu guards closed and sends on reqs against Close.
 	closeMu  sync.RWMutex
@@ -137,18 +145,44 @@ func Open(path string, opts *Options) (*Store, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:      timeout,
 		FreelistType: bolt.FreelistMapType,
-		MaxSize:      o.MaxSize,
+		MaxSize:      hardLimit(o.MaxSize),
 	})
 	if err != nil {
 		return nil, &queue.Error{Op: "open", Err: fmt.Errorf("%s: %w", path, err)}
 	}
 	s.db = db
+	s.maxSize = int64(o.MaxSize)
+	s.pageSize = int64(db.Info().PageSize)
 	if err := s.init(); err != nil {
 		_ = db.Close()
 		return nil, &queue.Error{Op: "open", Err: fmt.Errorf("%s: %w", path, err)}
 	}
 	go s.loop()
 	return s, nil
+}
+
+// hardLimit is the file size bbolt enforces for a MaxSize: the cap plus the
+// reserve that lets a full queue drain.
+func hardLimit(maxSize int) int {
+	if maxSize <= 0 {
+		return 0
+	}
+	return maxSize + max(maxSize/4, 1<<20)
+}
+
+// full reports whether adding n octets would pass MaxSize. It runs in the
+// commit loop, inside the group's transaction.
+func (s *Store) full(tx *bolt.Tx, n int64) bool {
+	if s.maxSize <= 0 {
+		return false
+	}
+	st := s.db.Stats() // free pages as of the last commit
+	inUse := tx.Size() - int64(st.FreePageN+st.PendingPageN)*s.pageSize + s.groupBytes
+	if inUse+n > s.maxSize {
+		return true
+	}
+	s.groupBytes += n
+	return false
 }
 
 func (s *Store) init() error {
@@ -272,6 +306,10 @@ func (s *Store) Enqueue(ctx context.Context, msg *queue.Message) (string, error)
 					result = string(old)
 					return nil
 				}
+			}
+			// Record, body, index entries, and their share of page overhead.
+			if s.full(tx, int64(len(value)+len(body)+2*len(msg.Key)+128)) {
+				return reject(fmt.Errorf("%w: the database holds its maximum size of %d octets", queue.ErrStorageFull, s.maxSize))
 			}
 			result = id
 			if err := tx.Bucket(bucketMsgs).Put([]byte(id), value); err != nil {
