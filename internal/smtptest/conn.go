@@ -129,7 +129,7 @@ func (c *faultConn) sleep(d time.Duration) bool {
 	go func() {
 		defer close(readDone)
 		buf := make([]byte, 4096)
-		for {
+		for len(c.pending) < maxPending {
 			n, err := c.cur.Read(buf)
 			c.pending = append(c.pending, buf[:n]...)
 			if err != nil {
@@ -158,6 +158,25 @@ func (c *faultConn) sleep(d time.Duration) bool {
 		c.Close()
 	}
 	return open
+}
+
+// maxPending bounds what sleep keeps of a client that goes on sending.
+const maxPending = 1 << 20
+
+// stall waits d without reading, like a server that stopped reading; it
+// reports whether the connection is still open.
+func (c *faultConn) stall(d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.closed:
+		return false
+	}
 }
 
 func (c *faultConn) writeRaw(s string) error {

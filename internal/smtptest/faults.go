@@ -24,10 +24,16 @@ const (
 	StageData                  // the reply to DATA (354 normally)
 	StageDataEnd               // the reply after the final dot
 	StageRset                  // the reply to RSET
+	// StageBody acts while the message body is received: Delay stops
+	// reading it for that long (a stalled server, for per-block write
+	// timeouts; send more than the socket buffers hold), Drop closes the
+	// connection after the first bytes of the body, so the message is
+	// never complete. Reply is not used.
+	StageBody
 	numStages
 )
 
-var stageNames = [...]string{"greeting", "EHLO", "HELO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "end of data", "RSET"}
+var stageNames = [...]string{"greeting", "EHLO", "HELO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "end of data", "RSET", "body"}
 
 func (s Stage) String() string {
 	if s < 0 || s >= numStages {

@@ -484,3 +484,20 @@ func (rc *rawConn) reply(t *testing.T) string {
 		}
 	}
 }
+
+func TestBodyDropLeavesNoMessage(t *testing.T) {
+	t.Parallel()
+	s := NewServer(t, nil)
+	s.SetFault(StageBody, Fault{Drop: true})
+	c := dial(t, s)
+	big := strings.Repeat(strings.Repeat("z", 78)+"\r\n", 200000) // 16 MB, more than the socket buffers
+	if err := send(c, "a@example.org", []string{"b@example.net"}, big); err == nil {
+		t.Fatal("client saw no error")
+	}
+	if err := s.WaitIdle(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(s.Messages()); n != 0 {
+		t.Fatalf("%d messages recorded from a dropped body", n)
+	}
+}

@@ -114,6 +114,16 @@ func (ss *session) Data(r io.Reader) error {
 		io.Copy(io.Discard, r)
 		return nil
 	}
+	if f, ok := ss.s.takeFault(StageBody); ok {
+		if !ss.c.stall(f.Delay) {
+			return net.ErrClosed
+		}
+		if f.Drop {
+			io.CopyN(io.Discard, r, 1)
+			ss.c.Close()
+			return net.ErrClosed
+		}
+	}
 	var body []byte
 	var size int64
 	var err error

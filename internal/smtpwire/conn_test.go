@@ -811,3 +811,73 @@ func ExampleConn_Send() {
 	// here@example.net <nil>
 	// pipelined: true final: 250
 }
+
+func TestManyRecipientsPipelinedInGroups(t *testing.T) {
+	t.Parallel()
+	s := smtptest.NewServer(t, nil)
+	var addrs []string
+	for i := range 250 {
+		addrs = append(addrs, fmt.Sprintf("r%d@example.net", i))
+		if i%7 == 3 {
+			s.SetRcptFault(addrs[i], smtptest.Reply(550, smtp.EnhancedCode{5, 1, 1}, "unknown"))
+		}
+	}
+	c := connect(t, s.Addr(), nil)
+	res, err := c.Send(testCtx(t), "s@example.org", nil, rcpts(addrs...), strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := 0
+	for i, r := range res.Rcpt {
+		if (r.Err != nil) != (i%7 == 3) {
+			t.Fatalf("recipient %d: %v", i, r.Err)
+		}
+		if r.Err != nil {
+			refused++
+		}
+	}
+	msgs, err := s.WaitMessages(testCtx(t), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs[0].Rcpts) != 250-refused || res.Accepted() != 250-refused {
+		t.Errorf("server got %d recipients, client counts %d accepted, want %d", len(msgs[0].Rcpts), res.Accepted(), 250-refused)
+	}
+}
+
+func TestMailRefusedStopsPipelinedGroups(t *testing.T) {
+	t.Parallel()
+	s := smtptest.NewServer(t, nil)
+	s.SetFault(smtptest.StageMail, smtptest.Reply(550, smtp.EnhancedCode{5, 7, 1}, "sender refused"))
+	var tr syncBuffer
+	c := connect(t, s.Addr(), &Options{Transcript: &tr})
+	var addrs []string
+	for i := range 250 {
+		addrs = append(addrs, fmt.Sprintf("r%d@example.net", i))
+	}
+	res, err := c.Send(testCtx(t), "s@example.org", nil, rcpts(addrs...), strings.NewReader("x"))
+	wantReplyErr(t, err, 550)
+	for _, r := range res.Rcpt {
+		wantReplyErr(t, r.Err, 550)
+	}
+	// Only the first group went out: MAIL and 99 RCPT.
+	if n := strings.Count(tr.String(), "C: RCPT TO:"); n != maxPipelineGroup-1 || strings.Contains(tr.String(), "C: DATA") {
+		t.Errorf("sent %d RCPT:\n%s", n, tr.String())
+	}
+	if err := c.Noop(testCtx(t)); err != nil {
+		t.Fatalf("connection not usable after the refusal: %v", err)
+	}
+}
+
+func TestStalledServerDataBlockTimeout(t *testing.T) {
+	t.Parallel()
+	s := smtptest.NewServer(t, &smtptest.Options{DiscardBodies: true})
+	s.SetFault(smtptest.StageBody, smtptest.Fault{Delay: time.Hour})
+	c := connect(t, s.Addr(), &Options{Timeouts: Timeouts{DataBlock: 200 * time.Millisecond}})
+	body := io.LimitReader(&repeatReader{s: strings.Repeat("w", 78) + "\r\n"}, 256<<20)
+	_, err := c.Send(testCtx(t), "s@example.org", nil, rcpts("a@example.net"), body)
+	ce := wantConnErr(t, err, StageBody)
+	if !ce.Timeout() || errors.Is(err, ErrUnknownAfterDot) {
+		t.Errorf("got %v, want a body timeout with a known outcome", err)
+	}
+}

@@ -178,89 +178,119 @@ func (tx *txState) flush(stage Stage) error {
 	return tx.c.bw.Flush()
 }
 
+// maxPipelineGroup bounds the commands written before their replies are
+// read. A client that writes without reading can deadlock with a server
+// whose replies fill the connection's buffers (RFC 2920 §3.1, "the client
+// SMTP must not ... deadlock"); a hundred RCPT replies fit in any buffer.
+const maxPipelineGroup = 100
+
 func (tx *txState) run(mailCmd string, rcptCmds []string, body io.Reader) (*TxResult, error) {
 	c, res := tx.c, tx.res
-	pipelined := res.Pipelined
-
-	// MAIL (and, pipelined, everything up to DATA).
-	c.deadline(tx.ctx, c.t.Mail)
-	c.queue(mailCmd, mailCmd)
-	if pipelined {
-		for _, cmd := range rcptCmds {
-			c.queue(cmd, cmd)
-		}
-		c.queue("DATA", "DATA")
+	n := len(rcptCmds)
+	// Commands: 0 is MAIL, 1..n are RCPT, n+1 is DATA. Lockstep sends one
+	// per group, PIPELINING up to maxPipelineGroup, DATA last (RFC 2920
+	// §3.1: DATA ends a group).
+	group := 1
+	if res.Pipelined {
+		group = maxPipelineGroup
 	}
-	if err := tx.flush(StageMail); err != nil {
-		return tx.fail(err)
-	}
-	rep, err := tx.read(StageMail)
-	if err != nil {
-		return tx.fail(err)
-	}
-	res.Mail = rep
-	if rep.Code == 421 {
-		return tx.closing(rep)
-	}
-	mailErr := rep.Err()
-	if rep.Code/100 != 2 && mailErr == nil {
-		return tx.fail(protocolErr("unexpected reply %d to MAIL", rep.Code))
-	}
-	if mailErr != nil && !pipelined {
-		for i := range res.Rcpt {
-			res.Rcpt[i].Err = mailErr
-		}
-		return res, mailErr
-	}
-
-	// RCPT.
+	var mailErr error
 	accepted := 0
-	for i, cmd := range rcptCmds {
-		if !pipelined {
+	for i := 0; i <= n+1; {
+		j := min(i+group, n+2)
+		switch i {
+		case 0:
+			tx.stage = StageMail
+			c.deadline(tx.ctx, c.t.Mail)
+		case n + 1:
+			tx.stage = StageData
+			c.deadline(tx.ctx, c.t.DataInit)
+		default:
+			tx.stage = StageRcpt
 			c.deadline(tx.ctx, c.t.Rcpt)
-			c.queue(cmd, cmd)
-			if err := tx.flush(StageRcpt); err != nil {
-				return tx.fail(err)
+		}
+		for k := i; k < j; k++ {
+			switch {
+			case k == 0:
+				c.queue(mailCmd, mailCmd)
+			case k <= n:
+				c.queue(rcptCmds[k-1], rcptCmds[k-1])
+			default:
+				c.queue("DATA", "DATA")
 			}
 		}
-		rep, err := tx.read(StageRcpt)
-		if err != nil {
+		if err := tx.flush(tx.stage); err != nil {
 			return tx.fail(err)
 		}
-		res.Rcpt[i].Reply = rep
-		switch {
-		case rep.Code == 421:
-			return tx.closing(rep)
-		case mailErr != nil:
-			res.Rcpt[i].Err = mailErr
-		case rep.Code/100 == 2:
-			accepted++
-		case rep.Positive():
-			return tx.fail(protocolErr("unexpected reply %d to RCPT", rep.Code))
-		default:
-			res.Rcpt[i].Err = rep.SMTPError()
+		for k := i; k < j; k++ {
+			stage := StageRcpt
+			switch {
+			case k == 0:
+				stage = StageMail
+			case k == n+1:
+				stage = StageData
+			}
+			rep, err := tx.read(stage)
+			if err != nil {
+				return tx.fail(err)
+			}
+			if rep.Code == 421 {
+				switch stage {
+				case StageMail:
+					res.Mail = rep
+				case StageRcpt:
+					res.Rcpt[k-1].Reply = rep
+				default:
+					res.Data = rep
+				}
+				return tx.closing(rep)
+			}
+			switch stage {
+			case StageMail:
+				res.Mail = rep
+				if rep.Code/100 != 2 {
+					if rep.Positive() {
+						return tx.fail(protocolErr("unexpected reply %d to MAIL", rep.Code))
+					}
+					mailErr = rep.SMTPError()
+				}
+			case StageRcpt:
+				r := &res.Rcpt[k-1]
+				r.Reply = rep
+				switch {
+				case mailErr != nil:
+					r.Err = mailErr
+				case rep.Code/100 == 2:
+					accepted++
+				case rep.Positive():
+					return tx.fail(protocolErr("unexpected reply %d to RCPT", rep.Code))
+				default:
+					r.Err = rep.SMTPError()
+				}
+			default:
+				res.Data = rep
+			}
 		}
-	}
-	if !pipelined && accepted == 0 {
-		return tx.abandon(ErrNoRecipients)
+		i = j
+		if i <= n+1 {
+			// More to send: stop early when it cannot lead anywhere.
+			if mailErr != nil {
+				for k := range res.Rcpt {
+					if res.Rcpt[k].Err == nil {
+						res.Rcpt[k].Err = mailErr
+					}
+				}
+				return res, mailErr // no transaction is open
+			}
+			if i == n+1 && accepted == 0 {
+				return tx.abandon(ErrNoRecipients)
+			}
+		}
 	}
 
-	// DATA.
-	if !pipelined {
-		c.deadline(tx.ctx, c.t.DataInit)
-		c.queue("DATA", "DATA")
-		if err := tx.flush(StageData); err != nil {
-			return tx.fail(err)
-		}
-	}
-	rep, err = tx.read(StageData)
-	if err != nil {
-		return tx.fail(err)
-	}
-	res.Data = rep
+	rep := res.Data
+	tx.stage = StageData
 	switch {
-	case rep.Code == 421:
-		return tx.closing(rep)
 	case rep.Code != 354 && rep.Positive():
 		return tx.fail(protocolErr("unexpected reply %d to DATA", rep.Code))
 	case rep.Code != 354:
@@ -281,7 +311,7 @@ func (tx *txState) run(mailCmd string, rcptCmds []string, body io.Reader) (*TxRe
 	if err := tx.body(body); err != nil {
 		return res, err
 	}
-	rep, err = tx.read(StageDataEnd)
+	rep, err := tx.read(StageDataEnd)
 	if err != nil {
 		return tx.fail(err)
 	}
