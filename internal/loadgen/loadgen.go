@@ -6,8 +6,8 @@
 //
 // Each worker holds one connection for the whole run: EHLO once, then
 // MAIL/RCPT/DATA per message (pipelined when the server offers PIPELINING,
-// RFC 2920), optionally with RSET between messages as a pooled connection
-// would get, and QUIT at the end.
+// RFC 2920) with RSET between messages as a pooled connection gets it, and
+// QUIT at the end.
 package loadgen
 
 import (
@@ -30,8 +30,12 @@ type Config struct {
 	Conns    int    // connections, one worker each; default 16
 	Messages int    // messages in total; default 20000
 	Size     int    // body size in bytes; default 2048
-	// Reset sends RSET between messages on a connection.
-	Reset     bool
+	// Reset says how RSET is sent between messages on a connection, as a
+	// pooled connection gets it: ResetPipelined (the default) sends it in
+	// the same write as the next MAIL when the server offers PIPELINING
+	// (smtpwire's ResetNext), ResetLockstep waits for its reply first,
+	// ResetNone sends none.
+	Reset     ResetMode
 	LocalName string // EHLO name; default "loadgen.example.org"
 	From      string // default "loadgen@example.org"
 	To        string // default "sink@example.net"
@@ -40,6 +44,16 @@ type Config struct {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 	}
 }
+
+// ResetMode says how RSET is sent between messages.
+type ResetMode string
+
+// Reset modes.
+const (
+	ResetPipelined ResetMode = "pipelined"
+	ResetLockstep  ResetMode = "lockstep"
+	ResetNone      ResetMode = "none"
+)
 
 // Result summarises a run.
 type Result struct {
@@ -87,6 +101,13 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	if cfg.Size <= 0 {
 		cfg.Size = 2048
+	}
+	switch cfg.Reset {
+	case "":
+		cfg.Reset = ResetPipelined
+	case ResetPipelined, ResetLockstep, ResetNone:
+	default:
+		return Result{}, fmt.Errorf("loadgen: unknown reset mode %q", cfg.Reset)
 	}
 	if cfg.LocalName == "" {
 		cfg.LocalName = "loadgen.example.org"
@@ -139,11 +160,16 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 				if next.Add(1) > int64(cfg.Messages) {
 					break
 				}
-				if cfg.Reset && !first {
-					if err := c.Reset(ctx); err != nil {
-						failed.Add(1)
-						setErr(err)
-						return
+				if !first {
+					switch cfg.Reset {
+					case ResetPipelined:
+						c.ResetNext()
+					case ResetLockstep:
+						if err := c.Reset(ctx); err != nil {
+							failed.Add(1)
+							setErr(err)
+							return
+						}
 					}
 				}
 				r.Reset(body)

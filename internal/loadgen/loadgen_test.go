@@ -13,7 +13,7 @@ import (
 
 func TestRunDeliversEveryMessage(t *testing.T) {
 	t.Parallel()
-	for _, reset := range []bool{false, true} {
+	for _, reset := range []ResetMode{ResetNone, ResetLockstep, ResetPipelined} {
 		s := smtptest.NewServer(t, &smtptest.Options{DiscardBodies: true})
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -37,13 +37,12 @@ func TestRunDeliversEveryMessage(t *testing.T) {
 		if st.Connections != 4 || st.EHLO != 4 {
 			t.Errorf("connections not reused: %+v", st)
 		}
-		if want := 0; reset {
-			want = 200 - 4
-			if st.Rset != want {
-				t.Errorf("RSET %d, want %d", st.Rset, want)
-			}
-		} else if st.Rset != want {
-			t.Errorf("RSET %d, want %d", st.Rset, want)
+		want := 200 - 4
+		if reset == ResetNone {
+			want = 0
+		}
+		if st.Rset != want {
+			t.Errorf("%s: RSET %d, want %d", reset, st.Rset, want)
 		}
 	}
 }

@@ -123,6 +123,8 @@ type Conn struct {
 	ext       map[string]string
 	tlsState  *tls.ConnectionState
 	bodyBuf   []byte
+	// resetNext: send RSET in front of the next transaction (ResetNext).
+	resetNext bool
 }
 
 // connWriter writes to the current connection; while blockTimeout is set
@@ -502,6 +504,14 @@ func encodeSASL(b []byte) string {
 func (c *Conn) Reset(ctx context.Context) error {
 	return c.simple(ctx, StageReset, c.t.Reset, "RSET")
 }
+
+// ResetNext arranges for RSET to go in front of the next Send. When the
+// server offers PIPELINING, RSET travels in the same write as MAIL, RCPT and
+// DATA (RFC 2920 §3.1 allows it in a group), so a reused connection is
+// reset without the round trip Reset costs; otherwise Send sends it alone
+// first. Send then fails with StageReset if the server does not answer RSET
+// with 2xx; nothing of the transaction can have been delivered then.
+func (c *Conn) ResetNext() { c.resetNext = true }
 
 // Noop sends NOOP (RFC 5321 §4.1.1.9).
 func (c *Conn) Noop(ctx context.Context) error {

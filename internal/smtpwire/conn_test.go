@@ -881,3 +881,86 @@ func TestStalledServerDataBlockTimeout(t *testing.T) {
 		t.Errorf("got %v, want a body timeout with a known outcome", err)
 	}
 }
+
+func TestResetNext(t *testing.T) {
+	t.Parallel()
+	for _, pipelining := range []bool{true, false} {
+		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
+			t.Parallel()
+			s := smtptest.NewServer(t, &smtptest.Options{Capabilities: capsWith(pipelining)})
+			var tr syncBuffer
+			c := connect(t, s.Addr(), &Options{Transcript: &tr})
+			ctx := testCtx(t)
+			for range 3 {
+				c.ResetNext()
+				if _, err := c.Send(ctx, "s@example.org", nil, rcpts("a@example.net"), strings.NewReader("x")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if st := s.Stats(); st.Rset != 3 || st.Messages != 3 {
+				t.Errorf("stats %+v", st)
+			}
+			// Pipelined, RSET goes in the same write as MAIL: MAIL is sent
+			// before the RSET reply is read.
+			log := tr.String()
+			if (strings.Index(log, "C: MAIL") < strings.Index(log, "S: 250 2.0.0 Session reset")) != pipelining {
+				t.Errorf("RSET pipelined=%v does not show in the transcript:\n%s", pipelining, log)
+			}
+
+			// A refused RSET ends the session before anything is delivered.
+			s.SetFault(smtptest.StageRset, smtptest.Reply(554, smtp.EnhancedCode{5, 5, 0}, "no"))
+			c.ResetNext()
+			_, err := c.Send(ctx, "s@example.org", nil, rcpts("a@example.net"), strings.NewReader("x"))
+			wantConnErr(t, err, StageReset)
+			if !errors.Is(err, ErrProtocol) {
+				t.Errorf("got %v, want ErrProtocol", err)
+			}
+			if err := s.WaitIdle(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if n := len(s.Messages()); n != 3 {
+				t.Errorf("%d messages, want 3", n)
+			}
+		})
+	}
+}
+
+func ExampleConn_StartTLS() {
+	caps := smtptest.DefaultCapabilities()
+	caps.Auth = []string{"PLAIN"}
+	caps.AuthTLSOnly = true
+	s, err := smtptest.New(&smtptest.Options{Capabilities: &caps, Users: map[string]string{"alice": "secret"}})
+	if err != nil {
+		panic(err)
+	}
+	if err := s.Start(); err != nil {
+		panic(err)
+	}
+	defer s.Stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", s.Addr())
+	if err != nil {
+		panic(err)
+	}
+	c, err := NewConn(ctx, nc, &Options{LocalName: "client.example.org"})
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+	if err := c.Hello(ctx); err != nil {
+		panic(err)
+	}
+	_, authInClear := c.Extension("AUTH")
+	if err := c.StartTLS(ctx, s.ClientTLSConfig("localhost")); err != nil {
+		panic(err)
+	}
+	_, authInTLS := c.Extension("AUTH")
+	fmt.Println("AUTH offered in clear:", authInClear, "under TLS:", authInTLS)
+	fmt.Println(c.Auth(ctx, sasl.NewPlainClient("", "alice", "secret")))
+	// Output:
+	// AUTH offered in clear: false under TLS: true
+	// <nil>
+}

@@ -17,6 +17,7 @@
 //	err = c.Auth(ctx, sasl.NewPlainClient("", user, pass)) // RFC 4954
 //	res, err := c.Send(ctx, from, mailOpts, rcpts, body)
 //	err = c.Reset(ctx)                       // RSET: reuse the connection
+//	c.ResetNext()                            // or: RSET pipelined with the next Send
 //	err = c.Quit(ctx)
 //
 // # Deadlines and cancellation

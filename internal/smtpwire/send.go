@@ -131,6 +131,29 @@ type txState struct {
 	ctx   context.Context
 	res   *TxResult
 	stage Stage
+	// queuedReset: an RSET (ResetNext) went out with the first group and
+	// its reply comes before MAIL's.
+	queuedReset bool
+}
+
+// resetReply reads the reply to an RSET sent by ResetNext. Anything but
+// 2xx ends the session: the commands pipelined behind it cannot be
+// trusted to have run in a clean state.
+func (tx *txState) resetReply() error {
+	rep, err := tx.read(StageReset)
+	if err != nil {
+		_, err = tx.fail(err)
+		return err
+	}
+	if rep.Code == 421 {
+		_, err = tx.closing(rep)
+		return err
+	}
+	if rep.Code/100 != 2 {
+		_, err = tx.fail(protocolErr("RSET answered %d", rep.Code))
+		return err
+	}
+	return nil
 }
 
 // fail records a connection failure for the recipients without a reply.
@@ -168,6 +191,8 @@ func (tx *txState) read(stage Stage) (*Reply, error) {
 		timeout = c.t.DataInit
 	case StageDataEnd:
 		timeout = c.t.DataEnd
+	case StageReset:
+		timeout = c.t.Reset
 	}
 	c.deadline(tx.ctx, timeout)
 	return c.readReply()
@@ -196,6 +221,21 @@ func (tx *txState) run(mailCmd string, rcptCmds []string, body io.Reader) (*TxRe
 	}
 	var mailErr error
 	accepted := 0
+	if c.resetNext {
+		c.resetNext = false
+		tx.stage = StageReset
+		c.deadline(tx.ctx, c.t.Reset)
+		c.queue("RSET", "RSET")
+		tx.queuedReset = res.Pipelined
+		if !res.Pipelined {
+			if err := tx.flush(StageReset); err != nil {
+				return tx.fail(err)
+			}
+			if err := tx.resetReply(); err != nil {
+				return res, err
+			}
+		}
+	}
 	for i := 0; i <= n+1; {
 		j := min(i+group, n+2)
 		switch i {
@@ -221,6 +261,12 @@ func (tx *txState) run(mailCmd string, rcptCmds []string, body io.Reader) (*TxRe
 		}
 		if err := tx.flush(tx.stage); err != nil {
 			return tx.fail(err)
+		}
+		if i == 0 && tx.queuedReset {
+			tx.queuedReset = false
+			if err := tx.resetReply(); err != nil {
+				return res, err
+			}
 		}
 		for k := i; k < j; k++ {
 			stage := StageRcpt

@@ -1,7 +1,7 @@
 // Command loadgen sends generated messages to an SMTP server over reused
 // connections and prints the throughput.
 //
-//	loadgen -addr 127.0.0.1:2525 -c 16 -m 20000 -s 2048
+//	loadgen -addr 127.0.0.1:2525 -c 16 -m 20000 -s 2048 [-rset pipelined|lockstep|none]
 package main
 
 import (
@@ -20,9 +20,10 @@ func main() {
 	flag.IntVar(&cfg.Conns, "c", 16, "connections (one worker each)")
 	flag.IntVar(&cfg.Messages, "m", 20000, "messages in total")
 	flag.IntVar(&cfg.Size, "s", 2048, "message size in bytes")
-	flag.BoolVar(&cfg.Reset, "rset", false, "send RSET between messages on a connection")
+	rset := flag.String("rset", string(loadgen.ResetPipelined), "RSET between messages: pipelined (with the next MAIL), lockstep, or none")
 	quiet := flag.Bool("q", false, "print only the messages per second")
 	flag.Parse()
+	cfg.Reset = loadgen.ResetMode(*rset)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
