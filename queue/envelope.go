@@ -151,6 +151,14 @@ func (e *Envelope) Validate() error {
 			return fmt.Errorf("%w: recipient %d: ORCPT contains a line break", ErrInvalid, i)
 		}
 	}
+	if !e.SMTPUTF8 {
+		// RFC 6531 §3.2: addresses in UTF-8 need the SMTPUTF8 extension.
+		for _, a := range append([]string{e.From}, addresses(e.Recipients)...) {
+			if !isASCII(a) {
+				return fmt.Errorf("%w: address %q needs SMTPUTF8", ErrInvalid, a)
+			}
+		}
+	}
 	if strings.ContainsAny(e.EnvID, "\r\n") {
 		return fmt.Errorf("%w: ENVID contains a line break", ErrInvalid)
 	}
@@ -178,4 +186,21 @@ func checkPath(p string) error {
 func (e Envelope) Clone() Envelope {
 	e.Recipients = append([]Recipient(nil), e.Recipients...)
 	return e
+}
+
+func addresses(rs []Recipient) []string {
+	out := make([]string, len(rs))
+	for i, r := range rs {
+		out[i] = r.Address
+	}
+	return out
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

@@ -58,15 +58,16 @@ func TestEnvelopeValidate(t *testing.T) {
 		t.Errorf("valid envelope: %v", err)
 	}
 	for name, e := range map[string]queue.Envelope{
-		"no recipients":  {From: "a@example.org"},
-		"CRLF in from":   {From: "a@example.org\r\nDATA", Recipients: good.Recipients},
-		"angle in rcpt":  {Recipients: []queue.Recipient{{Address: "<b@example.net>"}}},
-		"NEVER combined": {Recipients: []queue.Recipient{{Address: "b@example.net", Notify: queue.NotifyNever | queue.NotifyDelay}}},
-		"long path":      {From: strings.Repeat("a", 300), Recipients: good.Recipients},
-		"LF in ENVID":    {EnvID: "x\ny", Recipients: good.Recipients},
-		"bad RET":        {Ret: 9, Recipients: good.Recipients},
-		"negative size":  {Size: -1, Recipients: good.Recipients},
-		"LF in ORCPT":    {Recipients: []queue.Recipient{{Address: "b@example.net", ORcpt: "rfc822;b\n"}}},
+		"no recipients":          {From: "a@example.org"},
+		"CRLF in from":           {From: "a@example.org\r\nDATA", Recipients: good.Recipients},
+		"angle in rcpt":          {Recipients: []queue.Recipient{{Address: "<b@example.net>"}}},
+		"NEVER combined":         {Recipients: []queue.Recipient{{Address: "b@example.net", Notify: queue.NotifyNever | queue.NotifyDelay}}},
+		"long path":              {From: strings.Repeat("a", 300), Recipients: good.Recipients},
+		"LF in ENVID":            {EnvID: "x\ny", Recipients: good.Recipients},
+		"bad RET":                {Ret: 9, Recipients: good.Recipients},
+		"negative size":          {Size: -1, Recipients: good.Recipients},
+		"UTF-8 without SMTPUTF8": {Recipients: []queue.Recipient{{Address: "josé@example.net"}}},
+		"LF in ORCPT":            {Recipients: []queue.Recipient{{Address: "b@example.net", ORcpt: "rfc822;b\n"}}},
 	} {
 		if err := e.Validate(); !errors.Is(err, queue.ErrInvalid) {
 			t.Errorf("%s: %v, want ErrInvalid", name, err)

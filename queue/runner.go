@@ -44,12 +44,27 @@ type RunnerOptions struct {
 	// NoDSN: do not enqueue DSN messages; notices go to OnNotice only.
 	NoDSN bool
 
+	// OnAttempt, if set, is called after each delivery attempt with what
+	// happened, for metrics and logs. It must not block.
+	OnAttempt func(a *Attempt)
+
 	// Now is the clock for attempt times and retry decisions; nil means
 	// time.Now. Waits use the time package's timers (tests drive them
 	// with testing/synctest).
 	Now func() time.Time
 	// Logger receives attempt failures and store errors; nil discards.
 	Logger *slog.Logger
+}
+
+// Attempt describes one finished delivery attempt (RunnerOptions.OnAttempt).
+type Attempt struct {
+	ID         string
+	Number     int               // 1 for the first attempt
+	Recipients []Recipient       // the recipients tried
+	Results    []RecipientResult // as the Deliverer returned them
+	Err        error             // as the Deliverer returned it
+	Start      time.Time
+	Duration   time.Duration
 }
 
 // Runner delivers the items of a Store through a Deliverer. Create it with
@@ -78,6 +93,11 @@ func NewRunner(store Store, d Deliverer, opts *RunnerOptions) *Runner {
 	}
 	if r.o.LeaseDuration <= 0 {
 		r.o.LeaseDuration = r.o.AttemptTimeout + time.Minute
+	}
+	if limit := r.o.LeaseDuration - r.o.LeaseDuration/10; r.o.AttemptTimeout > limit {
+		// An attempt outliving its lease could run beside a second
+		// attempt of the same item by another worker.
+		r.o.AttemptTimeout = limit
 	}
 	if r.o.PollInterval <= 0 {
 		r.o.PollInterval = time.Second
@@ -245,7 +265,11 @@ func (r *Runner) attempt(ctx context.Context, it *Item) {
 		results, derr := r.deliverer.Deliver(actx, d)
 		cancel()
 		_ = body.Close()
+		start := now
 		now = r.now()
+		if r.o.OnAttempt != nil {
+			r.o.OnAttempt(&Attempt{ID: it.ID, Number: d.Attempt, Recipients: d.Recipients, Results: results, Err: derr, Start: start, Duration: now.Sub(start)})
+		}
 		stopping := ctx.Err() != nil
 		definite := false
 		var errs []string

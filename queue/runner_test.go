@@ -195,6 +195,10 @@ func TestRunnerDelivered(t *testing.T) {
 
 func TestRunnerTemporaryThenDelivered(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
+		var (
+			attemptsMu sync.Mutex
+			attempts   []string
+		)
 		n := 0
 		w := start(t, newFake(func(c call) ([]queue.RecipientResult, error) {
 			n++
@@ -202,7 +206,11 @@ func TestRunnerTemporaryThenDelivered(t *testing.T) {
 				return all(queue.OutcomeTemporary, len(c.rcpts), tmp451), nil
 			}
 			return all(queue.OutcomeDelivered, len(c.rcpts), ok250), nil
-		}), nil)
+		}), &queue.RunnerOptions{OnAttempt: func(a *queue.Attempt) {
+			attemptsMu.Lock()
+			defer attemptsMu.Unlock()
+			attempts = append(attempts, fmt.Sprintf("%d:%s:%s", a.Number, a.Recipients[0].Address, a.Results[0].Outcome))
+		}})
 		id := w.enqueue("alice@example.org", "bob@example.net")
 		first := w.next()
 		synctest.Wait()
@@ -222,6 +230,11 @@ func TestRunnerTemporaryThenDelivered(t *testing.T) {
 			t.Errorf("second attempt numbered %d", second.n)
 		}
 		w.drained()
+		attemptsMu.Lock()
+		defer attemptsMu.Unlock()
+		if want := []string{"1:bob@example.net:temporary", "2:bob@example.net:delivered"}; !slices.Equal(attempts, want) {
+			t.Errorf("OnAttempt saw %v, want %v", attempts, want)
+		}
 	})
 }
 

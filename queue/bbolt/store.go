@@ -619,8 +619,10 @@ func (s *Store) Body(ctx context.Context, id string) (queue.Body, error) {
 	f, err := os.Open(s.spoolPath(id))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			// Completed between the read and the open.
-			return fail(queue.ErrNotFound)
+			if _, ierr := s.Inspect(ctx, id); errors.Is(ierr, queue.ErrNotFound) {
+				return fail(queue.ErrNotFound) // completed meanwhile
+			}
+			return fail(fmt.Errorf("%w: spool file missing: %v", queue.ErrCorrupt, err))
 		}
 		return fail(err)
 	}

@@ -368,3 +368,20 @@ func TestDiskUseBounded(t *testing.T) {
 		t.Errorf("file grew from %d to %d octets under steady load", warm, after)
 	}
 }
+
+func TestMissingSpoolFileIsCorrupt(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "queue.db")
+	s := open(t, path, &bbolt.Options{InlineBodyMax: -1})
+	id, err := s.Enqueue(ctx, msg("bob@example.net", "body"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(path+".spool", id)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Body(ctx, id); !errors.Is(err, queue.ErrCorrupt) || !strings.Contains(err.Error(), id) {
+		t.Errorf("Body with its spool file gone: %v, want ErrCorrupt naming %s", err, id)
+	}
+}
