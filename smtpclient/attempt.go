@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/emersion/go-smtp"
 	"github.com/hamail/hamail/health"
@@ -142,7 +141,12 @@ func (c *Client) session(ctx context.Context, s *sendState, t *target, rcpts []p
 		rep, terr := c.transactOnce(ctx, s, t, &pc, batch)
 		if terr != nil {
 			// No connection for this batch: it and the rest fail alike.
-			failAll(rcpts[start:], StageConnect, terr, replyOf(terr))
+			stage := StageConnect
+			var se *stageError
+			if errors.As(terr, &se) {
+				stage, terr = se.stage, se.err
+			}
+			failAll(rcpts[start:], stage, terr, replyOf(terr))
 			return next, reused, terr
 		}
 		next = append(next, c.applyReport(s, t, batch, rep, end)...)
@@ -302,12 +306,12 @@ func replyOf(err error) *Reply {
 // anything is sent: SMTPUTF8 (RFC 6531 §3.4) and SIZE (RFC 1870 §6.1).
 func (c *Client) checkPolicy(cn *conn, env *envelope) (error, *Reply) {
 	if env.utf8 {
-		if ok, _ := cn.w.Extension("SMTPUTF8"); !ok {
+		if _, ok := cn.w.Extension("SMTPUTF8"); !ok {
 			return ErrSMTPUTF8Required, &Reply{Code: 553, Enhanced: smtp.EnhancedCode{5, 6, 7},
 				Message: "non-ASCII address and the server does not offer SMTPUTF8"}
 		}
 	}
-	if max, ok := cn.w.MaxMessageSize(); ok && max > 0 && env.msg.Size > int64(max) {
+	if max, ok := cn.w.MaxMessageSize(); ok && max > 0 && env.msg.Size > max {
 		return fmt.Errorf("%w (%d > %d octets)", ErrMessageTooBig, env.msg.Size, max),
 			&Reply{Code: 552, Enhanced: smtp.EnhancedCode{5, 3, 4}, Message: "message too big for the server's SIZE"}
 	}
@@ -349,5 +353,3 @@ func (c *Client) getConn(ctx context.Context, t *target) (*pooled[*conn], Stage,
 	}
 	return c.pool.opened(key, cn), StageNone, nil
 }
-
-var _ = time.Second

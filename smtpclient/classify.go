@@ -7,6 +7,14 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
+// errLocal marks a failure on the client's side (body unreadable, token
+// source failing).
+var errLocal = errors.New("local failure")
+
+// errPolicy marks a message the server cannot take as sent (an extension
+// it lacks).
+var errPolicy = errors.New("server lacks a needed extension")
+
 // verdict is what a failure means for the recipients it concerns and for
 // the host that produced it.
 type verdict struct {
@@ -41,6 +49,15 @@ func classify(stage Stage, err error) verdict {
 			return verdict{outcome: Unknown, excluded: true}
 		}
 		return verdict{outcome: Temporary, excluded: true}
+	}
+
+	if errors.Is(err, errLocal) && stage != StagePolicy {
+		// Our side failed (the body could not be read): not the host's
+		// fault, and another host would fare no better.
+		return verdict{outcome: Temporary}
+	}
+	if errors.Is(err, errPolicy) {
+		return verdict{outcome: Temporary, next: true}
 	}
 
 	if stage == StageResolve {

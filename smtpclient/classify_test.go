@@ -105,6 +105,10 @@ func TestClassify(t *testing.T) {
 		{"ctx cancelled at RCPT", StageRcpt, context.Canceled, cancelled},
 		{"ctx deadline writing body", StageBody, fmt.Errorf("x: %w", context.DeadlineExceeded), cancelled},
 		{"ctx deadline after dot", StageDataEnd, fmt.Errorf("x: %w", context.DeadlineExceeded), verdict{outcome: Unknown, excluded: true}},
+		// Local failures.
+		{"body unreadable", StageBody, fmt.Errorf("%w: disk", errLocal), verdict{outcome: Temporary}},
+		{"token source down", StagePolicy, fmt.Errorf("%w: token", errLocal), tmp},
+		{"extension missing", StageMail, fmt.Errorf("%w: 8BITMIME", errPolicy), tmp},
 		{"success", StageDataEnd, nil, verdict{outcome: Delivered}},
 	}
 	for _, tt := range tests {

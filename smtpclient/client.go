@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,6 +27,7 @@ type Client struct {
 	now       func() time.Time
 	transMu   sync.Mutex // serializes transcript lines
 	closeOnce sync.Once
+	closed    atomic.Bool
 }
 
 // New checks the options and makes a Client. It does no I/O.
@@ -60,16 +62,16 @@ func New(o *Options) (*Client, error) {
 	tm := &opts.Timeouts
 	setDefault(&tm.Connect, 30*time.Second)
 	setDefault(&tm.Greeting, 5*time.Minute)
-	setDefault(&tm.Hello, 2*time.Minute)
-	setDefault(&tm.StartTLS, 2*time.Minute)
-	setDefault(&tm.Auth, 2*time.Minute)
+	setDefault(&tm.Hello, 5*time.Minute)
+	setDefault(&tm.StartTLS, 5*time.Minute)
+	setDefault(&tm.Auth, 5*time.Minute)
 	setDefault(&tm.Mail, 5*time.Minute)
 	setDefault(&tm.Rcpt, 5*time.Minute)
 	setDefault(&tm.DataInit, 2*time.Minute)
 	setDefault(&tm.DataBlock, 3*time.Minute)
 	setDefault(&tm.DataEnd, 10*time.Minute)
-	setDefault(&tm.Reset, 2*time.Minute)
-	setDefault(&tm.Quit, 2*time.Minute)
+	setDefault(&tm.Reset, 20*time.Second)
+	setDefault(&tm.Quit, 10*time.Second)
 
 	c := &Client{opts: opts, now: opts.Now, dialer: opts.Dialer, log: opts.Logger}
 	if c.dialer == nil {
@@ -81,6 +83,7 @@ func New(o *Options) (*Client, error) {
 	if opts.Hooks != nil {
 		c.hooks = *opts.Hooks
 	}
+	c.tr = wireTransport{c}
 	c.br = newBreakers(opts.Breaker, opts.Health, &c.hooks)
 	c.pool = newPool[*conn](opts.Pool, opts.Now)
 	var err error
@@ -107,7 +110,10 @@ func (c *Client) Stats() Stats { return c.pool.stats() }
 // further Sends fail with ErrClosed. Sessions in progress finish and close
 // their connections.
 func (c *Client) Close() error {
-	c.closeOnce.Do(c.pool.close)
+	c.closeOnce.Do(func() {
+		c.closed.Store(true)
+		c.pool.close()
+	})
 	return nil
 }
 
@@ -132,7 +138,8 @@ func (s *sendState) set(p parsedRecipient, o Outcome, host string, r *Reply, err
 // connection was lost after the final dot) is not retried in the same call.
 //
 // Invalid input returns a nil Result and an error (*AddressError,
-// ErrNoRecipients, ...) before any I/O. Otherwise the Result is never nil
+// ErrNoRecipients, ...) before any I/O, as does a closed Client
+// (ErrClosed). Otherwise the Result is never nil
 // and has one entry per recipient. The error is non-nil only when nothing
 // could be attempted (it wraps ErrNoHostAvailable or ErrNoRoute) or when
 // ctx ended (it wraps ctx.Err()); recipients delivered before ctx ended are
@@ -141,6 +148,9 @@ func (c *Client) Send(ctx context.Context, m *Message) (*Result, error) {
 	env, err := validate(m)
 	if err != nil {
 		return nil, err
+	}
+	if c.closed.Load() {
+		return nil, ErrClosed
 	}
 	s := &sendState{env: env, res: &Result{Recipients: make([]RecipientResult, len(m.To))}}
 	for i, r := range m.To {

@@ -117,10 +117,13 @@ type Dialer interface {
 
 var _ Dialer = (*net.Dialer)(nil)
 
-// Timeouts bound each step of a session. Zero fields take the defaults:
-// Connect 30 s (Postfix), the others RFC 5321 §4.5.3.2 (greeting 5 min,
-// MAIL 5 min, RCPT 5 min, DATA 2 min, each data block 3 min, after the
-// final dot 10 min) and 2 min for EHLO, STARTTLS, AUTH, RSET and QUIT.
+// Timeouts bound each step of a session, each from sending the command to
+// the end of its reply; the context bounds them all. Zero fields take the
+// defaults: RFC 5321 §4.5.3.2 where it gives one (greeting 5 min, MAIL
+// 5 min, RCPT 5 min, DATA 2 min, each write of the body 3 min, after the
+// final dot 10 min), Postfix's otherwise (connect 30 s, EHLO, STARTTLS and
+// AUTH 5 min, RSET 20 s), and QUIT 10 s (a pooled connection being closed
+// should not hold Close for long).
 type Timeouts struct {
 	Connect   time.Duration
 	Greeting  time.Duration

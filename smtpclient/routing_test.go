@@ -54,11 +54,11 @@ type scriptWire struct {
 	used bool
 }
 
-func (w *scriptWire) Extension(name string) (bool, string) {
+func (w *scriptWire) Extension(name string) (string, bool) {
 	v, ok := w.h.ext[name]
-	return ok, v
+	return v, ok
 }
-func (w *scriptWire) MaxMessageSize() (int, bool) { return w.h.maxSize, w.h.maxSize > 0 }
+func (w *scriptWire) MaxMessageSize() (int64, bool) { return int64(w.h.maxSize), w.h.maxSize > 0 }
 func (w *scriptWire) TLSConnectionState() (tls.ConnectionState, bool) {
 	return tls.ConnectionState{}, false
 }
@@ -83,7 +83,8 @@ func (st *scriptTransport) dial(ctx context.Context, t *target) (*conn, Stage, e
 	if h.dialErr != nil {
 		return nil, h.dialStage, h.dialErr
 	}
-	return &conn{w: &scriptWire{st: st, h: h}}, StageNone, nil
+	w := &scriptWire{st: st, h: h}
+	return &conn{w: w, quit: w.Close}, StageNone, nil
 }
 
 func (st *scriptTransport) reset(ctx context.Context, cn *conn) error {

@@ -8,23 +8,23 @@ import (
 // wire is the part of an open SMTP session the client reads between
 // transactions.
 type wire interface {
-	// Extension reports whether the server offers an EHLO keyword, and
-	// its parameter.
-	Extension(name string) (bool, string)
+	// Extension returns the parameter of an EHLO keyword and whether the
+	// server offers it.
+	Extension(name string) (string, bool)
 	// MaxMessageSize returns the SIZE limit (RFC 1870), when announced.
-	MaxMessageSize() (int, bool)
+	MaxMessageSize() (int64, bool)
 	// TLSConnectionState returns the TLS state when TLS is active.
 	TLSConnectionState() (tls.ConnectionState, bool)
-	// Close ends the session politely (QUIT, bounded) and closes it.
-	Close() error
 }
 
 // conn is a pooled session.
 type conn struct {
 	w wire
+	// quit ends the session politely (QUIT, bounded) and closes it.
+	quit func() error
 }
 
-func (c *conn) Close() error { return c.w.Close() }
+func (c *conn) Close() error { return c.quit() }
 
 // transport opens sessions and runs transactions on them. The client's
 // routing, pooling and classification sit above it.
