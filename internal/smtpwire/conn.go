@@ -215,12 +215,18 @@ func (c *Conn) Close() error {
 }
 
 // watch closes the connection when ctx ends; the returned func stops
-// watching.
-func (c *Conn) watch(ctx context.Context) (stop func() bool) {
+// watching. If ctx ended just as the call finished, the connection is
+// closed already, and the Conn is marked unusable.
+func (c *Conn) watch(ctx context.Context) (stop func()) {
 	if ctx.Done() == nil {
-		return func() bool { return true }
+		return func() {}
 	}
-	return context.AfterFunc(ctx, func() { c.raw.Close() })
+	after := context.AfterFunc(ctx, func() { c.raw.Close() })
+	return func() {
+		if !after() && c.broken == nil {
+			c.broken = &ConnError{Stage: StageNoop, Err: fmt.Errorf("%w: %w", ErrClosed, ctx.Err())}
+		}
+	}
 }
 
 // deadline bounds the next I/O by timeout and by ctx's deadline.
