@@ -393,7 +393,7 @@ func (r *Replica) Start() error {
 			r.mu.Lock()
 			r.sessions++
 			r.mu.Unlock()
-			return r.mem.NewSession(), nil, nil
+			return &session{replica: r}, nil, nil
 		},
 		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}},
 		InsecureAuth: true, // loopback only
@@ -472,6 +472,35 @@ func (r *Replica) Search(mailbox string, criteria *imap.SearchCriteria) ([]imap.
 // Message-ID header contains id.
 func (r *Replica) SearchMessageID(mailbox, id string) ([]imap.UID, error) {
 	return r.Search(mailbox, &imap.SearchCriteria{Header: []imap.SearchCriteriaHeaderField{{Key: "Message-ID", Value: id}}})
+}
+
+// session is imapmemserver's session with two differences: it
+// authenticates against the replica's user, and IDLE first reports the
+// changes queued since the last command. imapmemserver's IDLE waits only
+// for changes made after it started, so a message appended between a
+// client's last command and its IDLE would go unreported until the next
+// command; real servers (Dovecot) report it at once (RFC 2177 allows
+// updates at any time during IDLE).
+type session struct {
+	*imapmemserver.UserSession // nil until login
+	replica                    *Replica
+}
+
+var _ imapserver.SessionIMAP4rev2 = (*session)(nil)
+
+func (s *session) Login(username, password string) error {
+	if err := s.replica.user.Login(username, password); err != nil {
+		return imapserver.ErrAuthFailed
+	}
+	s.UserSession = imapmemserver.NewUserSession(s.replica.user)
+	return nil
+}
+
+func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
+	if err := s.UserSession.Poll(w, true); err != nil {
+		return err
+	}
+	return s.UserSession.Idle(w, stop)
 }
 
 type discardLogger struct{}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
@@ -242,5 +243,64 @@ func TestAuthAndTLS(t *testing.T) {
 	}
 	if NewSet(t, &Options{Replicas: 1}).ClientTLSConfig() != nil {
 		t.Fatal("TLS config without TLS")
+	}
+}
+
+func TestIdleReportsChangesQueuedBeforeIt(t *testing.T) {
+	t.Parallel()
+	s := NewSet(t, &Options{Replicas: 1})
+	exists := make(chan uint32, 10)
+	c, err := imapclient.DialInsecure(s.Replica(0).Addr(), &imapclient.Options{
+		UnilateralDataHandler: &imapclient.UnilateralDataHandler{
+			Mailbox: func(d *imapclient.UnilateralDataMailbox) {
+				if d.NumMessages != nil {
+					exists <- *d.NumMessages
+				}
+			},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(s.Username(), s.Password()).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	// Appended after the last command and before IDLE.
+	if _, err := s.Append("INBOX", message(1), nil); err != nil {
+		t.Fatal(err)
+	}
+	idle, err := c.Idle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-exists:
+		if n != 1 {
+			t.Fatalf("EXISTS %d", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no EXISTS during IDLE")
+	}
+	// And a change during IDLE is reported too.
+	if _, err := s.Append("INBOX", message(2), nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-exists:
+		if n != 2 {
+			t.Fatalf("EXISTS %d", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no EXISTS during IDLE")
+	}
+	if err := idle.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := idle.Wait(); err != nil {
+		t.Fatal(err)
 	}
 }
