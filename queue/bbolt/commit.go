@@ -122,6 +122,9 @@ func (s *Store) commit(batch []*request) {
 				return &abortError{r.err}
 			}
 		}
+		if err := pruneKeys(tx, s.now(), 64); err != nil {
+			return &abortError{err}
+		}
 		next = firstDue(tx)
 		return nil
 	})

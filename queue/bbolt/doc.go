@@ -23,6 +23,10 @@
 //	bodies: id → body, for bodies up to Options.InlineBodyMax
 //	sched:  be64(due, Unix ns) ‖ id → "L" while leased, else empty
 //	dedup:  caller key → id, while the item is queued
+//	keys:   caller key → be64(until) ‖ id of a completed item, kept for
+//	        Options.KeyRetention
+//	keyexp: be64(until) ‖ key → empty, the expiry index of keys, pruned a
+//	        few entries per commit
 //	dead:   id → reason and raw bytes of a quarantined record
 //	meta:   layout version
 //

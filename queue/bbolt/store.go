@@ -29,6 +29,8 @@ var (
 	bucketSched  = []byte("sched")
 	bucketDedup  = []byte("dedup")
 	bucketDead   = []byte("dead")
+	bucketKeys   = []byte("keys")
+	bucketKeyExp = []byte("keyexp")
 	keyVersion   = []byte("version")
 )
 
@@ -57,6 +59,12 @@ type Options struct {
 	// recording and completing write new pages before they free old ones:
 	// a full queue must still drain.
 	MaxSize int
+	// KeyRetention is how long the key of a completed item is remembered:
+	// within it, Enqueue with that key returns the completed item's ID and
+	// stores nothing, so that a producer retrying an Enqueue whose answer
+	// it lost does not send the message twice. 0 means keys are forgotten
+	// at completion.
+	KeyRetention time.Duration
 	// LockTimeout is how long Open waits for another process to release
 	// the database; 0 means 5 seconds.
 	LockTimeout time.Duration
@@ -78,6 +86,7 @@ type Store struct {
 	maxBatch  int
 	maxSize   int64
 	pageSize  int64
+	keyKeep   time.Duration
 	// groupBytes counts what the enqueues of the group being committed
 	// add, for the MaxSize check; only the commit loop touches it.
 	groupBytes int64
@@ -152,6 +161,7 @@ func Open(path string, opts *Options) (*Store, error) {
 	}
 	s.db = db
 	s.maxSize = int64(o.MaxSize)
+	s.keyKeep = o.KeyRetention
 	s.pageSize = int64(db.Info().PageSize)
 	if err := s.init(); err != nil {
 		_ = db.Close()
@@ -187,7 +197,7 @@ func (s *Store) full(tx *bolt.Tx, n int64) bool {
 
 func (s *Store) init() error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketMsgs, bucketBodies, bucketSched, bucketDedup, bucketDead} {
+		for _, name := range [][]byte{bucketMeta, bucketMsgs, bucketBodies, bucketSched, bucketDedup, bucketDead, bucketKeys, bucketKeyExp} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -302,8 +312,8 @@ func (s *Store) Enqueue(ctx context.Context, msg *queue.Message) (string, error)
 		spool: spooled,
 		fn: func(tx *bolt.Tx) error {
 			if msg.Key != "" {
-				if old := tx.Bucket(bucketDedup).Get([]byte(msg.Key)); old != nil && tx.Bucket(bucketMsgs).Get(old) != nil {
-					result = string(old)
+				if old := keyOwner(tx, msg.Key, s.now()); old != "" {
+					result = old
 					return nil
 				}
 			}
@@ -345,12 +355,67 @@ func (s *Store) Enqueue(ctx context.Context, msg *queue.Message) (string, error)
 func (s *Store) lookupKey(key string) string {
 	var id string
 	_ = s.db.View(func(tx *bolt.Tx) error {
-		if old := tx.Bucket(bucketDedup).Get([]byte(key)); old != nil && tx.Bucket(bucketMsgs).Get(old) != nil {
-			id = string(old)
-		}
+		id = keyOwner(tx, key, s.now())
 		return nil
 	})
 	return id
+}
+
+// keyOwner returns the ID a caller key stands for: a queued item's, or a
+// completed item's within KeyRetention; "" if none.
+func keyOwner(tx *bolt.Tx, key string, now time.Time) string {
+	if id := tx.Bucket(bucketDedup).Get([]byte(key)); id != nil && tx.Bucket(bucketMsgs).Get(id) != nil {
+		return string(id)
+	}
+	if v := tx.Bucket(bucketKeys).Get([]byte(key)); len(v) > 8 && int64(binary.BigEndian.Uint64(v)) > now.UnixNano() {
+		return string(v[8:])
+	}
+	return ""
+}
+
+// retainKey remembers the key of a completed item until exp.
+func retainKey(tx *bolt.Tx, key string, id []byte, exp int64) error {
+	keys := tx.Bucket(bucketKeys)
+	if old := keys.Get([]byte(key)); len(old) > 8 {
+		if err := tx.Bucket(bucketKeyExp).Delete(keyExpKey(int64(binary.BigEndian.Uint64(old)), key)); err != nil {
+			return err
+		}
+	}
+	if err := keys.Put([]byte(key), append(binary.BigEndian.AppendUint64(nil, uint64(exp)), id...)); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketKeyExp).Put(keyExpKey(exp, key), nil)
+}
+
+func keyExpKey(exp int64, key string) []byte {
+	return append(binary.BigEndian.AppendUint64(nil, uint64(exp)), key...)
+}
+
+// pruneKeys forgets up to max retained keys whose time is over; the
+// commit loop calls it in every group, so the work stays small and
+// spread out and no sweep is needed.
+func pruneKeys(tx *bolt.Tx, now time.Time, max int) error {
+	exp := tx.Bucket(bucketKeyExp)
+	var done [][]byte
+	c := exp.Cursor()
+	for k, _ := c.First(); k != nil && len(done) < max; k, _ = c.Next() {
+		if len(k) < 8 || int64(binary.BigEndian.Uint64(k)) > now.UnixNano() {
+			break
+		}
+		done = append(done, bytes.Clone(k))
+	}
+	keys := tx.Bucket(bucketKeys)
+	for _, k := range done {
+		if err := exp.Delete(k); err != nil {
+			return err
+		}
+		if v := keys.Get(k[8:]); len(v) > 8 && bytes.Equal(v[:8], k[:8]) {
+			if err := keys.Delete(k[8:]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func (s *Store) spoolPath(id string) string { return filepath.Join(s.spoolDir, id) }
@@ -571,6 +636,11 @@ func (s *Store) Complete(ctx context.Context, l queue.Lease) error {
 			dedup := tx.Bucket(bucketDedup)
 			if bytes.Equal(dedup.Get([]byte(rec.Key)), id) {
 				if err := dedup.Delete([]byte(rec.Key)); err != nil {
+					return err
+				}
+			}
+			if s.keyKeep > 0 {
+				if err := retainKey(tx, rec.Key, id, s.now().Add(s.keyKeep).UnixNano()); err != nil {
 					return err
 				}
 			}

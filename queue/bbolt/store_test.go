@@ -16,6 +16,7 @@ import (
 
 	"github.com/hamail/hamail/queue"
 	"github.com/hamail/hamail/queue/bbolt"
+	"github.com/hamail/hamail/queue/queuetest"
 )
 
 func open(t testing.TB, path string, o *bbolt.Options) *bbolt.Store {
@@ -384,4 +385,60 @@ func TestMissingSpoolFileIsCorrupt(t *testing.T) {
 	if _, err := s.Body(ctx, id); !errors.Is(err, queue.ErrCorrupt) || !strings.Contains(err.Error(), id) {
 		t.Errorf("Body with its spool file gone: %v, want ErrCorrupt naming %s", err, id)
 	}
+}
+
+func TestKeyRetention(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	clock := queuetest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	path := filepath.Join(t.TempDir(), "queue.db")
+	s := open(t, path, &bbolt.Options{Now: clock.Now, KeyRetention: time.Hour})
+	keyed := func(key string) *queue.Message {
+		m := msg("bob@example.net", "x")
+		m.Key = key
+		return m
+	}
+	id, err := s.Enqueue(ctx, keyed("order-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	items, err := s.Lease(ctx, 1, time.Minute)
+	if err != nil || len(items) != 1 {
+		t.Fatal(items, err)
+	}
+	if err := s.Complete(ctx, items[0].Lease); err != nil {
+		t.Fatal(err)
+	}
+	// A producer retrying after the delivery: nothing new is queued.
+	clock.Advance(59 * time.Minute)
+	again, err := s.Enqueue(ctx, keyed("order-1"))
+	if err != nil || again != id {
+		t.Errorf("Enqueue within the retention = %s, %v; want %s", again, err, id)
+	}
+	if st, _ := s.Stats(ctx); st.Items != 0 {
+		t.Errorf("Items = %d, want 0", st.Items)
+	}
+	// After the retention the key is free again, and pruned.
+	clock.Advance(2 * time.Minute)
+	third, err := s.Enqueue(ctx, keyed("order-1"))
+	if err != nil || third == id {
+		t.Errorf("Enqueue after the retention = %s, %v; want a new item", third, err)
+	}
+	if fourth, err := s.Enqueue(ctx, keyed("order-1")); err != nil || fourth != third {
+		t.Errorf("the new item's key gave %s, %v; want %s", fourth, err, third)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	_ = db.View(func(tx *bolt.Tx) error {
+		if n := tx.Bucket([]byte("keys")).Stats().KeyN + tx.Bucket([]byte("keyexp")).Stats().KeyN; n != 0 {
+			t.Errorf("%d entries of expired keys left, want them pruned", n)
+		}
+		return nil
+	})
 }

@@ -22,6 +22,10 @@ import (
 type Options struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// KeyRetention is how long the key of a completed item is remembered
+	// (see queue/bbolt's option of the same name); 0 means keys are
+	// forgotten at completion.
+	KeyRetention time.Duration
 }
 
 // Store is an in-memory queue.Store.
@@ -34,7 +38,15 @@ type Store struct {
 	keys    map[string]string
 	token   uint64
 	ids     queue.IDSource
+	keep    time.Duration
+	kept    map[string]keptKey
+	keptQ   []string // keys in order of expiry (the retention is fixed)
 	changed chan struct{}
+}
+
+type keptKey struct {
+	id    string
+	until time.Time
 }
 
 type entry struct {
@@ -59,6 +71,10 @@ func New(opts *Options) *Store {
 	if opts != nil && opts.Now != nil {
 		s.now = opts.Now
 	}
+	if opts != nil {
+		s.keep = opts.KeyRetention
+	}
+	s.kept = make(map[string]keptKey)
 	return s
 }
 
@@ -87,12 +103,16 @@ func (s *Store) Enqueue(ctx context.Context, msg *queue.Message) (string, error)
 	if s.closed {
 		return "", &queue.Error{Op: "enqueue", Err: queue.ErrClosed}
 	}
+	now := s.now()
+	s.prune(now)
 	if msg.Key != "" {
 		if id, ok := s.keys[msg.Key]; ok {
 			return id, nil
 		}
+		if k, ok := s.kept[msg.Key]; ok {
+			return k.id, nil
+		}
 	}
-	now := s.now()
 	env := msg.Envelope.Clone()
 	it := &queue.Item{
 		ID:          s.ids.New(now),
@@ -154,6 +174,20 @@ func (s *Store) Lease(ctx context.Context, max int, d time.Duration) ([]*queue.I
 	return out, nil
 }
 
+// prune forgets retained keys whose time is over; s.mu is held.
+func (s *Store) prune(now time.Time) {
+	for len(s.keptQ) > 0 {
+		k, ok := s.kept[s.keptQ[0]]
+		if ok && k.until.After(now) {
+			return
+		}
+		if ok {
+			delete(s.kept, s.keptQ[0])
+		}
+		s.keptQ = s.keptQ[1:]
+	}
+}
+
 // check returns the entry under lease l; s.mu is held.
 func (s *Store) check(op string, l queue.Lease) (*entry, error) {
 	if s.closed {
@@ -205,6 +239,10 @@ func (s *Store) Complete(ctx context.Context, l queue.Lease) error {
 	delete(s.items, l.ID)
 	if e.item.Key != "" {
 		delete(s.keys, e.item.Key)
+		if s.keep > 0 {
+			s.kept[e.item.Key] = keptKey{id: l.ID, until: s.now().Add(s.keep)}
+			s.keptQ = append(s.keptQ, e.item.Key)
+		}
 	}
 	s.notify()
 	return nil
