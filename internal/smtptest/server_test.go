@@ -501,3 +501,89 @@ func TestBodyDropLeavesNoMessage(t *testing.T) {
 		t.Fatalf("%d messages recorded from a dropped body", n)
 	}
 }
+
+func TestMoreStageFaults(t *testing.T) {
+	t.Parallel()
+	caps := DefaultCapabilities()
+	caps.Auth = []string{"PLAIN"}
+	s := NewServer(t, &Options{Capabilities: &caps, Users: map[string]string{"u": "p"}})
+
+	s.SetFault(StageStartTLS, Reply(454, smtp.EnhancedCode{4, 7, 0}, "TLS not available").withTimes(1))
+	nc, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := smtp.NewClientStartTLS(nc, s.ClientTLSConfig("localhost")); err == nil {
+		t.Fatal("STARTTLS succeeded despite the fault")
+	} else {
+		wantCode(t, err, 454, smtp.EnhancedCode{4, 7, 0})
+	}
+
+	s.SetFault(StageAuth, Reply(454, smtp.EnhancedCode{4, 7, 0}, "auth backend down").withTimes(1))
+	c := dial(t, s)
+	wantCode(t, c.Auth(sasl.NewPlainClient("", "u", "p")), 454, smtp.EnhancedCode{4, 7, 0})
+	if err := c.Auth(sasl.NewPlainClient("", "u", "p")); err != nil {
+		t.Fatalf("AUTH after the fault was used up: %v", err)
+	}
+
+	s.SetFault(StageRset, Reply(421, smtp.EnhancedCode{4, 4, 2}, "idle too long"))
+	wantCode(t, c.Reset(), 421, smtp.EnhancedCode{4, 4, 2})
+	s.ClearFaults()
+
+	s.SetFault(StageHELO, Reply(550, smtp.EnhancedCode{5, 7, 1}, "go away"))
+	raw := dialRaw(t, s)
+	raw.cmd(t, "HELO old.example.test")
+	if got := raw.reply(t); !strings.HasPrefix(got, "550 5.7.1 go away") {
+		t.Errorf("HELO reply %q", got)
+	}
+
+	st := s.Stats()
+	if st.StartTLS != 1 || st.Auth != 2 || st.Rset != 1 || st.HELO != 1 {
+		t.Errorf("stats %+v", st)
+	}
+	s.CloseConnections()
+	if err := s.WaitIdle(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	s.Reset()
+	if st := s.Stats(); st != (Stats{}) || len(s.Conns()) != 0 {
+		t.Errorf("after Reset: %+v %v", st, s.Conns())
+	}
+}
+
+func TestEHLODelayAndDrop(t *testing.T) {
+	t.Parallel()
+	s := NewServer(t, nil)
+	s.SetFault(StageEHLO, Fault{Delay: time.Hour})
+	c, err := smtp.Dial(s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.CommandTimeout = 50 * time.Millisecond
+	var ne net.Error
+	if err := c.Hello("x.example.test"); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("EHLO: %v, want a timeout", err)
+	}
+	c.Close()
+	// The server notices the client leaving during the delay.
+	if err := s.WaitIdle(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	s.SetFault(StageEHLO, Fault{Drop: true})
+	c2, err := smtp.Dial(s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	var se *smtp.SMTPError
+	if err := c2.Hello("x.example.test"); err == nil || errors.As(err, &se) {
+		t.Fatalf("EHLO on a dropped connection: %v", err)
+	}
+}
+
+// withTimes returns f limited to n occurrences.
+func (f Fault) withTimes(n int) Fault {
+	f.Times = n
+	return f
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -566,8 +567,16 @@ func TestSMTPUTF8Required(t *testing.T) {
 	}
 	s.SetCapabilities(smtptest.DefaultCapabilities())
 	c = connect(t, s.Addr(), nil)
-	if _, err := c.Send(testCtx(t), "s@example.org", &smtp.MailOptions{UTF8: true}, rcpts("pelé@example.net"), strings.NewReader("x")); err != nil {
+	// A non-ASCII recipient alone is enough to need SMTPUTF8 on MAIL.
+	if _, err := c.Send(testCtx(t), "s@example.org", nil, rcpts("pelé@example.net"), strings.NewReader("x")); err != nil {
 		t.Fatal(err)
+	}
+	msgs, err := s.WaitMessages(testCtx(t), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !msgs[0].MailOpts.UTF8 || msgs[0].Rcpts[0].Addr != "pelé@example.net" {
+		t.Errorf("message %+v", msgs[0])
 	}
 }
 
@@ -963,4 +972,49 @@ func ExampleConn_StartTLS() {
 	// Output:
 	// AUTH offered in clear: false under TLS: true
 	// <nil>
+}
+
+func TestImplicitTLS(t *testing.T) {
+	t.Parallel()
+	s := smtptest.NewServer(t, &smtptest.Options{ImplicitTLS: true})
+	nc, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewConn(testCtx(t), tls.Client(nc, s.ClientTLSConfig("127.0.0.1")), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, ok := c.TLSConnectionState(); !ok {
+		t.Fatal("no TLS state")
+	}
+	if _, err := c.Send(testCtx(t), "s@example.org", nil, rcpts("a@example.net"), strings.NewReader("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Quit(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := s.WaitMessages(testCtx(t), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msgs[0].TLS == nil {
+		t.Error("server saw no TLS")
+	}
+}
+
+func TestImplicitTLSBadCertificate(t *testing.T) {
+	t.Parallel()
+	s := smtptest.NewServer(t, &smtptest.Options{ImplicitTLS: true})
+	nc, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = NewConn(testCtx(t), tls.Client(nc, &tls.Config{ServerName: "localhost"}), nil)
+	wantConnErr(t, err, StageGreeting)
+	var certErr *tls.CertificateVerificationError
+	if !errors.As(err, &certErr) {
+		t.Errorf("got %v, want a certificate verification error", err)
+	}
 }

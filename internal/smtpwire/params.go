@@ -142,14 +142,17 @@ func validateRcpt(i int, r Recipient) error {
 // the message cannot be sent correctly without them (SMTPUTF8, 8BITMIME,
 // REQUIRETLS) and are left out when they are only advisory (SIZE, DSN
 // parameters, AUTH=; RFC 3461 §4 leaves DSN to the relay).
-func (c *Conn) mailCommand(from string, o *smtp.MailOptions) (string, error) {
+//
+// utf8 says that some address of the transaction is not ASCII, which needs
+// SMTPUTF8 on MAIL (RFC 6531 §3.4).
+func (c *Conn) mailCommand(from string, o *smtp.MailOptions, utf8 bool) (string, error) {
 	var b strings.Builder
 	b.Grow(64 + len(from))
 	b.WriteString("MAIL FROM:<")
 	b.WriteString(from)
 	b.WriteByte('>')
 	if o == nil {
-		return b.String(), nil
+		o = &smtp.MailOptions{}
 	}
 	if o.Body != "" {
 		if _, ok := c.Extension("8BITMIME"); ok {
@@ -163,7 +166,7 @@ func (c *Conn) mailCommand(from string, o *smtp.MailOptions) (string, error) {
 			b.WriteString(" SIZE=" + strconv.FormatInt(o.Size, 10))
 		}
 	}
-	if o.UTF8 || !isASCII(from) {
+	if o.UTF8 || utf8 {
 		if _, ok := c.Extension("SMTPUTF8"); !ok {
 			return "", fmt.Errorf("%w: SMTPUTF8 (RFC 6531), needed for a non-ASCII address", ErrNotAdvertised)
 		}

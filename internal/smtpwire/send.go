@@ -103,7 +103,11 @@ func (c *Conn) Send(ctx context.Context, from string, mopts *smtp.MailOptions, r
 			return nil, err
 		}
 	}
-	mailCmd, err := c.mailCommand(from, mopts)
+	utf8 := !isASCII(from)
+	for _, r := range rcpts {
+		utf8 = utf8 || !isASCII(r.Addr)
+	}
+	mailCmd, err := c.mailCommand(from, mopts, utf8)
 	if err != nil {
 		return nil, err
 	}
