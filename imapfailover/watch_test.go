@@ -3,6 +3,9 @@ package imapfailover
 import (
 	"context"
 	"errors"
+	"github.com/hamail/hamail/health"
+	"github.com/hamail/hamail/internal/faultproxy"
+	"sync"
 	"testing"
 	"time"
 
@@ -132,4 +135,202 @@ func TestWatchFailoverOnKill(t *testing.T) {
 		t.Fatalf("Watch returned %v", err)
 	}
 	rec.assertExactlyOnce(t, 1, n)
+}
+
+// fakeHealth is a health.View that records passive reports.
+type fakeHealth struct {
+	mu       sync.Mutex
+	states   map[string]health.State
+	failures map[string][]time.Time
+	success  map[string]int
+}
+
+func newFakeHealth() *fakeHealth {
+	return &fakeHealth{states: map[string]health.State{}, failures: map[string][]time.Time{}, success: map[string]int{}}
+}
+
+func (f *fakeHealth) State(target string) health.State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.states[target]
+}
+
+func (f *fakeHealth) set(target string, s health.State) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.states[target] = s
+}
+
+func (f *fakeHealth) ReportSuccess(target string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.success[target]++
+}
+
+func (f *fakeHealth) ReportFailure(target string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failures[target] = append(f.failures[target], time.Now())
+}
+
+func (f *fakeHealth) firstFailure(target string) (time.Time, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.failures[target]) == 0 {
+		return time.Time{}, false
+	}
+	return f.failures[target][0], true
+}
+
+var _ health.View = (*fakeHealth)(nil)
+
+func waitState(t *testing.T, mb *Mailbox) *MailboxState {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := mb.State(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st != nil {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no first sync")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestWatchDetectsBlackHoleWithinHeartbeat(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, nil)
+	proxy := faultproxy.Start(t, s.Replica(0).Addr())
+	hv := newFakeHealth()
+	const heartbeat, timeout = 300 * time.Millisecond, 300 * time.Millisecond
+	p := newTestPool(t, s, func(o *Options) {
+		o.Replicas[0].Addr = proxy.Addr()
+		o.Heartbeat, o.CommandTimeout, o.DialTimeout = heartbeat, timeout, timeout
+		o.Health = hv
+	})
+	mb := p.Mailbox("INBOX", nil)
+	rec := newRecorder()
+	var from []string
+	var mu sync.Mutex
+	runWatch(t, mb, func(ctx context.Context, m *Message) error {
+		mu.Lock()
+		from = append(from, m.Replica)
+		mu.Unlock()
+		return rec.handle(ctx, m)
+	})
+	waitState(t, mb)
+	appendN(t, s, 1, 1)
+	rec.waitFor(t, 1, 5*time.Second)
+	if err := proxy.SetMode(faultproxy.BlackHole); err != nil {
+		t.Fatal(err)
+	}
+	holed := time.Now()
+	appendN(t, s, 2, 2)
+	rec.waitFor(t, 2, 10*time.Second)
+	rec.assertExactlyOnce(t, 1, 2)
+	mu.Lock()
+	defer mu.Unlock()
+	if from[0] != "imap1" || from[1] != "imap2" {
+		t.Fatalf("delivered from %v", from)
+	}
+	failed, ok := hv.firstFailure("imap1")
+	if !ok {
+		t.Fatal("the black hole was not reported to the health view")
+	}
+	// Found at the next heartbeat, when the NOOP gets no answer within the
+	// command timeout; the bound leaves room for a loaded machine.
+	if d := failed.Sub(holed); d > heartbeat+timeout+2*time.Second {
+		t.Fatalf("black hole found after %v", d)
+	}
+}
+
+func TestWatchUIDValidityChangeNoDuplicates(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, nil)
+	appendN(t, s, 1, 3)
+	p := newTestPool(t, s, nil)
+	mb := p.Mailbox("INBOX", &MailboxOptions{DeliverExisting: true})
+	rec := newRecorder()
+	if _, err := mb.Sync(t.Context(), rec.handle); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, 4, 5)
+	if _, err := mb.Sync(t.Context(), rec.handle); err != nil {
+		t.Fatal(err)
+	}
+	// Message 2 is expunged, the mailbox is rebuilt with a new UIDVALIDITY
+	// (so every UID changes), and two messages arrive after.
+	if err := s.Expunge("INBOX", imap.UIDSetNum(2)); err != nil {
+		t.Fatal(err)
+	}
+	before := waitState(t, mb).UIDValidity
+	if _, err := s.ResetUIDValidity("INBOX"); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, 6, 7)
+	// A message without Message-ID is recognised by its fingerprint.
+	if _, err := s.Append("INBOX", []byte("From: carol@example.org\r\nSubject: no id\r\nDate: Mon, 23 Nov 2026 09:00:00 +0000\r\n\r\nhi\r\n"), nil); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := mb.Sync(t.Context(), rec.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.UIDValidityChanged || rep.Remapped != 4 || rep.Delivered != 3 || rep.UIDValidity == before {
+		t.Fatalf("report %+v", rep)
+	}
+	if _, err := s.ResetUIDValidity("INBOX"); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err = mb.Sync(t.Context(), rec.handle); err != nil || rep.Delivered != 0 || rep.Remapped != 7 {
+		t.Fatalf("second reset: %+v %v", rep, err)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for id, n := range rec.seen {
+		if n != 1 {
+			t.Errorf("%q handled %d times", id, n)
+		}
+	}
+	if len(rec.order) != 8 {
+		t.Errorf("%d deliveries, want 8: %v", len(rec.order), rec.order)
+	}
+}
+
+func TestFileStoreWatchSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, nil)
+	dir := t.TempDir()
+	rec := newRecorder()
+	// Three runs of the "process": each a new pool, mailbox and store on
+	// the same directory, stopped while messages keep arriving.
+	for run := range 3 {
+		p := newTestPool(t, s, nil)
+		mb := p.Mailbox("INBOX", &MailboxOptions{Store: NewFileStore(dir)})
+		stop := runWatch(t, mb, rec.handle)
+		waitState(t, mb)
+		appendN(t, s, run*4+1, run*4+2)
+		rec.waitFor(t, run*4+2, 5*time.Second)
+		if err := stop(); !errors.Is(err, context.Canceled) {
+			t.Fatal(err)
+		}
+		p.Close()
+		// Arrive while nobody watches.
+		appendN(t, s, run*4+3, run*4+4)
+		if run < 2 {
+			continue
+		}
+		// The last run's messages 11 and 12 are picked up by a final Sync.
+		p2 := newTestPool(t, s, nil)
+		mb2 := p2.Mailbox("INBOX", &MailboxOptions{Store: NewFileStore(dir)})
+		if _, err := mb2.Sync(t.Context(), rec.handle); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.assertExactlyOnce(t, 1, 12)
 }
