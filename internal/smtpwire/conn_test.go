@@ -358,13 +358,18 @@ func TestTimeouts(t *testing.T) {
 		s := smtptest.NewServer(t, nil)
 		s.SetFault(smtptest.StageRcpt, smtptest.Fault{Delay: time.Hour})
 		c := connect(t, s.Addr(), nil)
-		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		if err := c.Hello(testCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
 		_, err := c.Send(ctx, "s@example.org", nil, rcpts("a@example.net"), strings.NewReader("x"))
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("got %v, want context.DeadlineExceeded", err)
 		}
-		wantConnErr(t, err, StageRcpt)
+		if ce := wantConnErr(t, err, StageRcpt); !ce.Timeout() {
+			t.Errorf("Timeout() false for %v", err)
+		}
 	})
 }
 
@@ -1016,5 +1021,55 @@ func TestImplicitTLSBadCertificate(t *testing.T) {
 	var certErr *tls.CertificateVerificationError
 	if !errors.As(err, &certErr) {
 		t.Errorf("got %v, want a certificate verification error", err)
+	}
+}
+
+func TestCancelDuringBody(t *testing.T) {
+	t.Parallel()
+	s := smtptest.NewServer(t, &smtptest.Options{DiscardBodies: true})
+	s.SetFault(smtptest.StageBody, smtptest.Fault{Delay: time.Hour})
+	c := connect(t, s.Addr(), nil)
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	// Cancel once the client is well into the body.
+	body := &cancelReader{r: io.LimitReader(&repeatReader{s: strings.Repeat("v", 78) + "\r\n"}, 256<<20), after: 1 << 20, cancel: cancel}
+	_, err := c.Send(ctx, "s@example.org", nil, rcpts("a@example.net"), body)
+	if !errors.Is(err, context.Canceled) || errors.Is(err, ErrUnknownAfterDot) {
+		t.Fatalf("got %v, want a cancelled body", err)
+	}
+	wantConnErr(t, err, StageBody)
+}
+
+type cancelReader struct {
+	r      io.Reader
+	n      int
+	after  int
+	cancel func()
+}
+
+func (c *cancelReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	if c.n >= c.after {
+		c.cancel()
+	}
+	return n, err
+}
+
+func TestCloseFromAnotherGoroutineAborts(t *testing.T) {
+	t.Parallel()
+	// Lockstep, so that the server holding RCPT means the client waits for
+	// the RCPT reply.
+	s := smtptest.NewServer(t, &smtptest.Options{Capabilities: capsWith(false)})
+	s.SetFault(smtptest.StageRcpt, smtptest.Fault{Delay: time.Hour})
+	c := connect(t, s.Addr(), nil)
+	go func() {
+		s.Wait(testCtx(t), func(st smtptest.Stats) bool { return st.Rcpt > 0 })
+		c.Close()
+	}()
+	_, err := c.Send(testCtx(t), "s@example.org", nil, rcpts("a@example.net"), strings.NewReader("x"))
+	wantConnErr(t, err, StageRcpt)
+	if !errors.Is(err, ErrClosed) {
+		t.Errorf("got %v, want ErrClosed", err)
 	}
 }
