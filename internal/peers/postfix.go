@@ -395,20 +395,22 @@ func (p *Postfix) QueueLen() int {
 // processes do not lose each other's edits. Entries left by instances whose
 // directory no longer exists (a test process that was killed) are dropped.
 func editAlternates(postconf, add, remove string) error {
-	lock, err := os.OpenFile(filepath.Join(os.TempDir(), "hamail-postfix-main.cf.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	// The lock is on the directory: postconf -e replaces main.cf by a new
+	// file, so a lock on main.cf itself would not exclude anyone.
+	if err := os.MkdirAll(filepath.Dir(defaultMainCF), 0o755); err != nil {
+		return err
+	}
+	lock, err := os.Open(filepath.Dir(defaultMainCF))
 	if err != nil {
-		return fmt.Errorf("peers: lock for %s: %w", defaultMainCF, err)
+		return fmt.Errorf("peers: lock %s: %w", filepath.Dir(defaultMainCF), err)
 	}
 	defer lock.Close()
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return fmt.Errorf("peers: lock for %s: %w", defaultMainCF, err)
+		return fmt.Errorf("peers: lock %s: %w", filepath.Dir(defaultMainCF), err)
 	}
 	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
 
 	if _, err := os.Stat(defaultMainCF); os.IsNotExist(err) {
-		if err := os.MkdirAll(filepath.Dir(defaultMainCF), 0o755); err != nil {
-			return err
-		}
 		if err := os.WriteFile(defaultMainCF, []byte("# Created by hamail tests to list private Postfix instances.\n"), 0o644); err != nil {
 			return fmt.Errorf("peers: create %s: %w", defaultMainCF, err)
 		}

@@ -126,3 +126,32 @@ func TestPostfixQueuesAndRestarts(t *testing.T) {
 		t.Fatalf("RCPT TO at the new next hop = %v", got)
 	}
 }
+
+// Instances started at the same time each get their entry in the default
+// main.cf (edited under a lock) and relay independently.
+func TestPostfixInstancesInParallel(t *testing.T) {
+	t.Parallel()
+	hop := smtptest.NewServer(t, nil)
+	for i := range 4 {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			t.Parallel()
+			pf := peers.StartPostfix(t, peers.PostfixOptions{RelayHost: hop.Addr()})
+			to := fmt.Sprintf("user%d@example.com", i)
+			sendVia(t, pf.Addr, "alice@example.org", []string{to}, "Subject: parallel\r\n\r\nx\r\n")
+			// Wait here: the instance stops when this subtest ends.
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_, err := hop.Wait(ctx, func(smtptest.Stats) bool {
+				for _, m := range hop.Messages() {
+					if slices.Contains(rcpts(m), to) {
+						return true
+					}
+				}
+				return false
+			})
+			if err != nil {
+				t.Fatalf("message for %s never reached the next hop: %v", to, err)
+			}
+		})
+	}
+}
