@@ -2,7 +2,6 @@ package health
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"time"
 )
@@ -43,31 +42,6 @@ type TargetReport struct {
 	LastLatencyMS float64 `json:"last_latency_ms"`
 	Probes        uint64  `json:"probes"`
 	Reports       uint64  `json:"reports"`
-}
-
-// MarshalText makes a State read as "up", "down" or "unknown" in JSON.
-func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
-
-// UnmarshalText reads what MarshalText writes.
-func (s *State) UnmarshalText(b []byte) error {
-	for _, v := range []State{Unknown, Up, Down} {
-		if string(b) == v.String() {
-			*s = v
-			return nil
-		}
-	}
-	return fmt.Errorf("health: unknown state %q", b)
-}
-
-// UnmarshalText reads what MarshalText writes.
-func (k *ProbeKind) UnmarshalText(b []byte) error {
-	for _, v := range []ProbeKind{ProbeTCP, ProbeSMTP, ProbeIMAP} {
-		if string(b) == v.String() {
-			*k = v
-			return nil
-		}
-	}
-	return fmt.Errorf("health: unknown probe kind %q", b)
 }
 
 // Handler returns an http.Handler for /healthz-style endpoints: it serves

@@ -57,6 +57,17 @@ func (k ProbeKind) String() string {
 // MarshalText makes a ProbeKind read as "tcp", "smtp" or "imap" in JSON.
 func (k ProbeKind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
 
+// UnmarshalText reads what MarshalText writes.
+func (k *ProbeKind) UnmarshalText(b []byte) error {
+	for _, v := range []ProbeKind{ProbeTCP, ProbeSMTP, ProbeIMAP} {
+		if string(b) == v.String() {
+			*k = v
+			return nil
+		}
+	}
+	return fmt.Errorf("health: unknown probe kind %q", b)
+}
+
 // TLSMode says how a probe uses TLS.
 type TLSMode int
 

@@ -1,5 +1,7 @@
 package health
 
+import "fmt"
+
 // State is what the checker believes about a target.
 type State int
 
@@ -22,6 +24,20 @@ func (s State) String() string {
 	default:
 		return "unknown"
 	}
+}
+
+// MarshalText makes a State read as "up", "down" or "unknown" in JSON.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText reads what MarshalText writes.
+func (s *State) UnmarshalText(b []byte) error {
+	for _, v := range []State{Unknown, Up, Down} {
+		if string(b) == v.String() {
+			*s = v
+			return nil
+		}
+	}
+	return fmt.Errorf("health: unknown state %q", b)
 }
 
 // View is the part of the checker that clients (smtpclient, imapfailover)
