@@ -103,3 +103,29 @@ func ExampleChecker_Handler() {
 	// 503
 	// 200
 }
+
+// Hooks are where metrics attach: here, counters of probes, failures and
+// changes such as a Prometheus adapter would keep.
+func ExampleHooks() {
+	var probes, failures, changes int
+	c := health.New(&health.Options{
+		Rise: 1,
+		Fall: 1,
+		Hooks: health.Hooks{
+			Probed: func(r health.ProbeResult) { probes++ },
+			Reported: func(r health.Report) {
+				if r.Err != nil {
+					failures++
+				}
+			},
+			Changed: func(ch health.Change) { changes++ },
+		},
+	})
+	_ = c.AddTarget(health.Target{Name: "mx1", Address: "mx1.example.org:25", Kind: health.ProbeSMTP})
+	c.ReportSuccess("mx1")
+	c.ReportFailure("mx1", errors.New("421 4.3.2 service shutting down"))
+	c.ReportFailure("mx1", errors.New("connection refused"))
+	fmt.Println(probes, failures, changes)
+	// Output:
+	// 0 2 2
+}
