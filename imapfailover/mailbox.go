@@ -82,6 +82,11 @@ type SyncReport struct {
 	Remapped           int        // known messages found again under new UIDs
 	Expunged           []imap.UID // known messages gone (UIDs of the current UIDVALIDITY)
 	FlagChanges        int
+	// FlagCheck says how flags were checked: "changedsince" (CONDSTORE,
+	// cost follows the changes), "full" (a flags fetch of every known
+	// message) or "" (not checked: flags not tracked, or no change by
+	// HIGHESTMODSEQ).
+	FlagCheck string
 	// Lagging: the replica lacks messages already handled (UIDNEXT not
 	// above the last handled UID); nothing was trusted from it.
 	Lagging bool
@@ -452,6 +457,10 @@ func (m *Mailbox) resync(ctx context.Context, c *Conn, h Handler) (*SyncReport, 
 			since = st.ModSeq[c.Replica()]
 		}
 		if !(condstore && since == sel.HighestModSeq) {
+			rep.FlagCheck = "full"
+			if since > 0 {
+				rep.FlagCheck = "changedsince"
+			}
 			changes, err = m.flagChanges(ctx, c, since, next)
 			if err != nil {
 				return nil, err
