@@ -72,25 +72,26 @@ rate() {
 echo "smtp-sink on $addr; $conns connections, $msgs messages of $size bytes, $rounds rounds"
 # Columns: smtp-source; loadgen with RSET between messages pipelined with
 # the next MAIL (the default), with RSET in lockstep, and without RSET
-# (like smtp-source, which sends none); then each loadgen rate divided by
-# smtp-source's.
-printf "%-6s %12s %12s %12s %12s %8s %8s %8s\n" round smtp-source "lg rset-pipe" "lg rset-lock" "lg no-rset" ratio "r-lock" "r-none"
-ratios=() ratios_lock=() ratios_none=()
+# (like smtp-source, which sends none); loadgen on go-smtp's client without
+# RSET; then each loadgen rate divided by smtp-source's.
+printf "%-6s %12s %12s %12s %12s %12s %8s %8s %8s %8s\n" round smtp-source "lg rset-pipe" "lg rset-lock" "lg no-rset" "go-smtp" ratio "r-lock" "r-none" "r-gosmtp"
+ratios=() ratios_lock=() ratios_none=() ratios_gosmtp=()
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-lg() { rate "$work/loadgen" -q -rset "$1" -addr "$addr" -c "$conns" -m "$msgs" -s "$size"; }
+lg() { rate "$work/loadgen" -q -rset "$@" -addr "$addr" -c "$conns" -m "$msgs" -s "$size"; }
 for r in $(seq 1 "$rounds"); do
 	# Alternate the order so that neither side always runs on a warmer machine.
 	if ((r % 2)); then
 		src=$(rate "$source_bin" -d -s "$conns" -m "$msgs" -l "$size" "$addr")
-		pipe=$(lg pipelined) lock=$(lg lockstep) none=$(lg none)
+		pipe=$(lg pipelined) lock=$(lg lockstep) none=$(lg none) gosmtp=$(lg none -gosmtp)
 	else
-		none=$(lg none) lock=$(lg lockstep) pipe=$(lg pipelined)
+		gosmtp=$(lg none -gosmtp) none=$(lg none) lock=$(lg lockstep) pipe=$(lg pipelined)
 		src=$(rate "$source_bin" -d -s "$conns" -m "$msgs" -l "$size" "$addr")
 	fi
 	ratios+=("$(ratio "$pipe" "$src")")
 	ratios_lock+=("$(ratio "$lock" "$src")")
 	ratios_none+=("$(ratio "$none" "$src")")
-	printf "%-6s %12s %12s %12s %12s %8s %8s %8s\n" "$r" "$src" "$pipe" "$lock" "$none" "${ratios[-1]}" "${ratios_lock[-1]}" "${ratios_none[-1]}"
+	ratios_gosmtp+=("$(ratio "$gosmtp" "$src")")
+	printf "%-6s %12s %12s %12s %12s %12s %8s %8s %8s %8s\n" "$r" "$src" "$pipe" "$lock" "$none" "$gosmtp" "${ratios[-1]}" "${ratios_lock[-1]}" "${ratios_none[-1]}" "${ratios_gosmtp[-1]}"
 done
 median() { printf "%s\n" "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-echo "median ratio loadgen/smtp-source: $(median "${ratios[@]}") with RSET pipelined; $(median "${ratios_lock[@]}") with RSET in lockstep; $(median "${ratios_none[@]}") without RSET"
+echo "median ratio loadgen/smtp-source: $(median "${ratios[@]}") with RSET pipelined; $(median "${ratios_lock[@]}") with RSET in lockstep; $(median "${ratios_none[@]}") without RSET; go-smtp's client without RSET: $(median "${ratios_gosmtp[@]}")"

@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"github.com/hamail/hamail/internal/smtpwire"
 )
 
@@ -35,7 +37,10 @@ type Config struct {
 	// the same write as the next MAIL when the server offers PIPELINING
 	// (smtpwire's ResetNext), ResetLockstep waits for its reply first,
 	// ResetNone sends none.
-	Reset     ResetMode
+	Reset ResetMode
+	// GoSMTP uses go-smtp's client instead of smtpwire, as a baseline
+	// (lockstep, no context; RSET makes it send EHLO again).
+	GoSMTP    bool
 	LocalName string // EHLO name; default "loadgen.example.org"
 	From      string // default "loadgen@example.org"
 	To        string // default "sink@example.net"
@@ -144,6 +149,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 				setErr(err)
 				return
 			}
+			if cfg.GoSMTP {
+				runGoSMTP(nc, cfg, body, &next, &sent, &failed, setErr)
+				return
+			}
 			c, err := smtpwire.NewConn(ctx, nc, &smtpwire.Options{LocalName: cfg.LocalName})
 			if err != nil {
 				connectFailure.Store(true)
@@ -196,4 +205,46 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return res, fmt.Errorf("loadgen: %w", firstErr)
 	}
 	return res, nil
+}
+
+// runGoSMTP is one worker using go-smtp's client.
+func runGoSMTP(nc net.Conn, cfg Config, body []byte, next, sent, failed *atomic.Int64, setErr func(error)) {
+	c := smtp.NewClient(nc)
+	defer c.Close()
+	if err := c.Hello(cfg.LocalName); err != nil {
+		setErr(err)
+		return
+	}
+	send := func() error {
+		if err := c.Mail(cfg.From, nil); err != nil {
+			return err
+		}
+		if err := c.Rcpt(cfg.To, nil); err != nil {
+			return err
+		}
+		w, err := c.Data()
+		if err != nil {
+			return err
+		}
+		if _, err := w.Write(body); err != nil {
+			return err
+		}
+		return w.Close()
+	}
+	for first := true; next.Add(1) <= int64(cfg.Messages); first = false {
+		if !first && cfg.Reset != ResetNone {
+			if err := c.Reset(); err != nil {
+				failed.Add(1)
+				setErr(err)
+				return
+			}
+		}
+		if err := send(); err != nil {
+			failed.Add(1)
+			setErr(err)
+			continue
+		}
+		sent.Add(1)
+	}
+	c.Quit()
 }

@@ -47,6 +47,24 @@ func TestRunDeliversEveryMessage(t *testing.T) {
 	}
 }
 
+func TestRunGoSMTPBaseline(t *testing.T) {
+	t.Parallel()
+	s := smtptest.NewServer(t, &smtptest.Options{DiscardBodies: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := Run(ctx, Config{Addr: s.Addr(), Conns: 3, Messages: 30, GoSMTP: true, Reset: ResetNone})
+	if err != nil || res.Sent != 30 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	msgs, err := s.WaitMessages(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msgs[0].Pipelined {
+		t.Error("go-smtp's client pipelined")
+	}
+}
+
 func TestRunCountsRefusals(t *testing.T) {
 	t.Parallel()
 	s := smtptest.NewServer(t, nil)

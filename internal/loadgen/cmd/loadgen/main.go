@@ -21,6 +21,7 @@ func main() {
 	flag.IntVar(&cfg.Messages, "m", 20000, "messages in total")
 	flag.IntVar(&cfg.Size, "s", 2048, "message size in bytes")
 	rset := flag.String("rset", string(loadgen.ResetPipelined), "RSET between messages: pipelined (with the next MAIL), lockstep, or none")
+	flag.BoolVar(&cfg.GoSMTP, "gosmtp", false, "use go-smtp's client instead of smtpwire (baseline)")
 	quiet := flag.Bool("q", false, "print only the messages per second")
 	flag.Parse()
 	cfg.Reset = loadgen.ResetMode(*rset)
