@@ -60,7 +60,7 @@ func BenchmarkSendSkippingOpenBreaker(b *testing.B) {
 
 // BenchmarkBreakerSkip measures the skip alone: asking an open breaker.
 func BenchmarkBreakerSkip(b *testing.B) {
-	br := newBreakers(BreakerOptions{Failures: 1, OpenTimeout: time.Hour}, nil, &Hooks{})
+	br := newBreakers(BreakerOptions{Failures: 1, OpenTimeout: time.Hour}, nil, &Hooks{}, nil)
 	done, _ := br.allow("dead")
 	done(errSite)
 	b.ReportAllocs()

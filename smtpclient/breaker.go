@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hamail/hamail/health"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -27,14 +28,15 @@ type breakers struct {
 	health   health.View
 	hooks    *Hooks
 
-	mu sync.Mutex
-	m  map[string]*gobreaker.TwoStepCircuitBreaker[struct{}]
+	mu     sync.Mutex
+	pinned map[string]*gobreaker.TwoStepCircuitBreaker[struct{}] // relays: kept for the client's life
+	others *simplelru.LRU[string, *gobreaker.TwoStepCircuitBreaker[struct{}]]
 
 	evMu    sync.Mutex
 	pending []BreakerEvent
 }
 
-func newBreakers(o BreakerOptions, h health.View, hooks *Hooks) *breakers {
+func newBreakers(o BreakerOptions, h health.View, hooks *Hooks, relays []string) *breakers {
 	if o.Failures == 0 {
 		o.Failures = 5
 	}
@@ -44,34 +46,57 @@ func newBreakers(o BreakerOptions, h health.View, hooks *Hooks) *breakers {
 	if o.HalfOpenProbes == 0 {
 		o.HalfOpenProbes = 1
 	}
-	return &breakers{settings: o, health: h, hooks: hooks, m: map[string]*gobreaker.TwoStepCircuitBreaker[struct{}]{}}
+	if o.MaxHosts <= 0 {
+		o.MaxHosts = 4096
+	}
+	b := &breakers{settings: o, health: h, hooks: hooks, pinned: map[string]*gobreaker.TwoStepCircuitBreaker[struct{}]{}}
+	b.others, _ = simplelru.NewLRU[string, *gobreaker.TwoStepCircuitBreaker[struct{}]](o.MaxHosts, nil)
+	for _, r := range relays {
+		b.pinned[r] = b.newBreaker(r)
+	}
+	return b
+}
+
+// lookup returns host's breaker or nil. Called with b.mu held.
+func (b *breakers) lookup(host string) *gobreaker.TwoStepCircuitBreaker[struct{}] {
+	if cb := b.pinned[host]; cb != nil {
+		return cb
+	}
+	cb, _ := b.others.Get(host)
+	return cb
 }
 
 func (b *breakers) get(host string) *gobreaker.TwoStepCircuitBreaker[struct{}] {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	cb := b.m[host]
+	cb := b.lookup(host)
 	if cb == nil {
-		failures := b.settings.Failures
-		cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
-			Name:        host,
-			MaxRequests: b.settings.HalfOpenProbes,
-			Timeout:     b.settings.OpenTimeout,
-			ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= failures },
-			IsSuccessful: func(err error) bool {
-				return err == nil
-			},
-			IsExcluded: func(err error) bool { return errors.Is(err, errExcluded) },
-			OnStateChange: func(name string, from, to gobreaker.State) {
-				// Runs under the breaker's lock: queue only.
-				b.evMu.Lock()
-				b.pending = append(b.pending, BreakerEvent{Host: name, From: from, To: to})
-				b.evMu.Unlock()
-			},
-		})
-		b.m[host] = cb
+		// Mail exchangers: the least recently used are forgotten beyond
+		// MaxHosts, so direct delivery to many domains stays bounded.
+		cb = b.newBreaker(host)
+		b.others.Add(host, cb)
 	}
 	return cb
+}
+
+func (b *breakers) newBreaker(host string) *gobreaker.TwoStepCircuitBreaker[struct{}] {
+	failures := b.settings.Failures
+	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        host,
+		MaxRequests: b.settings.HalfOpenProbes,
+		Timeout:     b.settings.OpenTimeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= failures },
+		IsSuccessful: func(err error) bool {
+			return err == nil
+		},
+		IsExcluded: func(err error) bool { return errors.Is(err, errExcluded) },
+		OnStateChange: func(name string, from, to gobreaker.State) {
+			// Runs under the breaker's lock: queue only.
+			b.evMu.Lock()
+			b.pending = append(b.pending, BreakerEvent{Host: name, From: from, To: to})
+			b.evMu.Unlock()
+		},
+	})
 }
 
 // allow asks the host's breaker for admission. The returned done must be
@@ -96,7 +121,7 @@ func (b *breakers) allow(host string) (done func(error), err error) {
 // state returns the host's breaker state (closed for an unknown host).
 func (b *breakers) state(host string) gobreaker.State {
 	b.mu.Lock()
-	cb := b.m[host]
+	cb := b.lookup(host)
 	b.mu.Unlock()
 	if cb == nil {
 		return gobreaker.StateClosed

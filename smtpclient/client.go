@@ -84,7 +84,6 @@ func New(o *Options) (*Client, error) {
 		c.hooks = *opts.Hooks
 	}
 	c.tr = wireTransport{c}
-	c.br = newBreakers(opts.Breaker, opts.Health, &c.hooks)
 	c.pool = newPool[*conn](opts.Pool, opts.Now)
 	var err error
 	if len(opts.Relays) > 0 {
@@ -97,6 +96,29 @@ func New(o *Options) (*Client, error) {
 			return nil, err
 		}
 	}
+	var relayNames []string
+	addrOf := map[string]string{}
+	for _, rs := range []*relaySet{c.relays, c.fallback} {
+		if rs == nil {
+			continue
+		}
+		for _, tier := range rs.tiers {
+			for _, r := range tier {
+				// A name is one host for the pool, the breaker and the
+				// health checker: a relay listed also as a fallback must
+				// be the same host.
+				if a, ok := addrOf[r.t.key()]; ok {
+					if a != r.t.info.Addr {
+						return nil, fmt.Errorf("smtpclient: relay name %q names two addresses", r.t.key())
+					}
+					continue
+				}
+				addrOf[r.t.key()] = r.t.info.Addr
+				relayNames = append(relayNames, r.t.key())
+			}
+		}
+	}
+	c.br = newBreakers(opts.Breaker, opts.Health, &c.hooks, relayNames)
 	if err := c.checkMX(); err != nil {
 		return nil, err
 	}

@@ -17,11 +17,14 @@ import (
 )
 
 // testTimeouts keep failing tests short; the servers are on loopback.
+// The greeting timeout is short so that a black-holed relay is given up
+// quickly; the others are generous because the race detector and parallel
+// tests slow the in-process servers down.
 var testTimeouts = Timeouts{
-	Connect: 2 * time.Second, Greeting: 300 * time.Millisecond, Hello: 2 * time.Second,
-	StartTLS: 2 * time.Second, Auth: 2 * time.Second, Mail: 2 * time.Second, Rcpt: 2 * time.Second,
-	DataInit: 2 * time.Second, DataBlock: 2 * time.Second, DataEnd: 2 * time.Second,
-	Reset: 2 * time.Second, Quit: time.Second,
+	Connect: 5 * time.Second, Greeting: time.Second, Hello: 10 * time.Second,
+	StartTLS: 10 * time.Second, Auth: 10 * time.Second, Mail: 10 * time.Second, Rcpt: 10 * time.Second,
+	DataInit: 10 * time.Second, DataBlock: 10 * time.Second, DataEnd: 15 * time.Second,
+	Reset: 10 * time.Second, Quit: time.Second,
 }
 
 func newTestClient(t testing.TB, o *Options) *Client {
@@ -45,7 +48,7 @@ func server(t testing.TB, caps *smtptest.Capabilities) *smtptest.Server {
 }
 
 func testCtx(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	t.Cleanup(cancel)
 	return ctx
 }
@@ -448,7 +451,7 @@ func TestSendValidatesBeforeIO(t *testing.T) {
 func TestSendContextCancelled(t *testing.T) {
 	t.Parallel()
 	a := server(t, nil)
-	a.SetFault(smtptest.StageDataEnd, smtptest.Fault{Delay: 10 * time.Second})
+	a.SetFault(smtptest.StageDataEnd, smtptest.Fault{Delay: time.Minute})
 	c := newTestClient(t, &Options{Relays: []Relay{{Name: "a", Addr: a.Addr()}}, Breaker: BreakerOptions{Failures: 1}})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -166,6 +166,9 @@ type BreakerOptions struct {
 	// HalfOpenProbes is how many sessions a half-open breaker admits, and
 	// how many must succeed to close it (default 1).
 	HalfOpenProbes uint32
+	// MaxHosts bounds the breakers kept for mail exchangers; the least
+	// recently used are forgotten (default 4096). Relays always keep theirs.
+	MaxHosts int
 }
 
 // Options configures a Client. The zero value of every field is its

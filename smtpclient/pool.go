@@ -28,7 +28,8 @@ type PoolStats struct {
 type Stats struct {
 	Total PoolStats
 	// Hosts maps a host (relay Name, or exchanger "name [ip]:port") to its
-	// counts.
+	// counts. A host without connections may be forgotten once many hosts
+	// were seen; Total keeps its cumulative counts.
 	Hosts map[string]PoolStats
 }
 
@@ -46,6 +47,7 @@ type hostPool[C io.Closer] struct {
 	idle  []*pooled[C]  // most recently used last
 	wake  chan struct{} // closed when a slot or idle connection may be free
 	stats PoolStats
+	total *PoolStats // the pool's cumulative counters
 }
 
 // pool keeps connections per host: a cap on open connections, idle reuse,
@@ -59,6 +61,7 @@ type pool[C io.Closer] struct {
 
 	mu     sync.Mutex
 	hosts  map[string]*hostPool[C]
+	total  PoolStats // cumulative counters of every host, forgotten or not
 	closed bool
 }
 
@@ -79,10 +82,22 @@ func newPool[C io.Closer](o PoolOptions, now func() time.Time) *pool[C] {
 	return p
 }
 
+// maxIdleHosts is how many per-host entries the pool keeps before it
+// forgets those with no connection (direct MX delivery meets many hosts).
+const maxIdleHosts = 512
+
+// host returns key's entry, creating it. Called with p.mu held.
 func (p *pool[C]) host(key string) *hostPool[C] {
 	h := p.hosts[key]
 	if h == nil {
-		h = &hostPool[C]{slots: make(chan struct{}, p.maxPerHost)}
+		if len(p.hosts) >= maxIdleHosts {
+			for k, o := range p.hosts {
+				if len(o.slots) == 0 && o.stats.Waiting == 0 && len(o.idle) == 0 {
+					delete(p.hosts, k)
+				}
+			}
+		}
+		h = &hostPool[C]{slots: make(chan struct{}, p.maxPerHost), total: &p.total}
 		p.hosts[key] = h
 	}
 	return h
@@ -134,17 +149,20 @@ func (p *pool[C]) tryAcquire(key string) (pc *pooled[C], wake chan struct{}, sta
 			// idle for 2 s: older ones are closed, not reused.
 			h.stats.Open--
 			h.stats.Expired++
+			h.total.Expired++
 			<-h.slots
 			stale = append(stale, pc)
 			continue
 		}
 		h.stats.Reuses++
+		h.total.Reuses++
 		pc.reused = true
 		return pc, nil, stale, nil // its slot goes with it
 	}
 	select {
 	case h.slots <- struct{}{}:
 		h.stats.Dials++
+		h.total.Dials++
 		return nil, nil, stale, nil
 	default:
 	}
@@ -231,6 +249,7 @@ func (p *pool[C]) expire(key string, pc *pooled[C]) {
 	h.stats.Idle--
 	h.stats.Open--
 	h.stats.Expired++
+	h.total.Expired++
 	h.release()
 	p.mu.Unlock()
 	pc.c.Close()
@@ -267,9 +286,7 @@ func (p *pool[C]) stats() Stats {
 		s.Total.Open += h.stats.Open
 		s.Total.Idle += h.stats.Idle
 		s.Total.Waiting += h.stats.Waiting
-		s.Total.Dials += h.stats.Dials
-		s.Total.Reuses += h.stats.Reuses
-		s.Total.Expired += h.stats.Expired
 	}
+	s.Total.Dials, s.Total.Reuses, s.Total.Expired = p.total.Dials, p.total.Reuses, p.total.Expired
 	return s
 }
