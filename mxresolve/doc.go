@@ -25,7 +25,8 @@
 //     addresses (default 10) are returned.
 //
 // Transport: github.com/miekg/dns over UDP with EDNS0 and a 1232-byte buffer
-// (RFC 6891); a truncated reply is asked again over TCP and never used
+// (RFC 6891; without it for a server that answers FORMERR, §7); a
+// truncated reply is asked again over TCP and never used
 // (RFC 7766 §5, RFC 2181 §9). Nameservers come from /etc/resolv.conf unless
 // given; a nameserver that times out or answers SERVFAIL, REFUSED or a
 // malformed reply is asked after the others for Options.NameserverBackoff.

@@ -127,9 +127,16 @@ func joinFailures(errs []error) error {
 }
 
 func (r *Resolver) exchangeWith(ctx context.Context, server, name string, qtype uint16) (*dns.Msg, error) {
-	m, err := r.exchangeOnce(ctx, "udp", server, name, qtype)
+	edns := true
+	m, err := r.exchangeOnce(ctx, "udp", server, name, qtype, edns)
+	if err == nil && m.Rcode == dns.RcodeFormatError && m.IsEdns0() == nil {
+		// A server that predates EDNS answers FORMERR without an OPT
+		// record: ask again without one (RFC 6891 §7).
+		edns = false
+		m, err = r.exchangeOnce(ctx, "udp", server, name, qtype, edns)
+	}
 	if err == nil && m.Truncated {
-		m, err = r.exchangeOnce(ctx, "tcp", server, name, qtype)
+		m, err = r.exchangeOnce(ctx, "tcp", server, name, qtype, edns)
 		if err == nil && m.Truncated {
 			err = fmt.Errorf("nameserver %s: %w", server, errTruncated)
 		}
@@ -147,12 +154,14 @@ func (r *Resolver) exchangeWith(ctx context.Context, server, name string, qtype 
 // exchangeOnce sends one query over one transport. miekg/dns honours only
 // the context's deadline, so cancellation closes the connection to stop a
 // query in flight.
-func (r *Resolver) exchangeOnce(ctx context.Context, network, server, name string, qtype uint16) (*dns.Msg, error) {
+func (r *Resolver) exchangeOnce(ctx context.Context, network, server, name string, qtype uint16, edns bool) (*dns.Msg, error) {
 	q := new(dns.Msg)
 	q.SetQuestion(name, qtype)
 	// Ask for the AD bit (RFC 6840 §5.7) without asking for DNSSEC records.
 	q.AuthenticatedData = true
-	q.SetEdns0(ednsSize, false)
+	if edns {
+		q.SetEdns0(ednsSize, false)
+	}
 
 	c := &dns.Client{Net: network, Timeout: r.opts.Timeout, UDPSize: ednsSize}
 	co, err := c.DialContext(ctx, server)

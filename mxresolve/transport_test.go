@@ -242,3 +242,23 @@ func TestNameserversFromResolvConf(t *testing.T) {
 	e = resolveErr(t, New(&Options{ResolvConf: empty}), "example.com")
 	wantCode(t, e, 451, [3]int{4, 4, 3}, ErrNoNameservers)
 }
+
+func TestServerWithoutEDNS0(t *testing.T) {
+	t.Parallel()
+	s := dnstest.Start(t)
+	s.SetRejectEDNS0(true)
+	// 30 MX records: more than 512 bytes, so without EDNS0 the UDP reply
+	// is truncated and TCP brings the whole set.
+	for i := range 30 {
+		s.AddMX("example.com", 300, uint16(i), fmt.Sprintf("mail-exchanger-%02d.example.com", i))
+	}
+	s.AddA("mail-exchanger-00.example.com", 300, "192.0.2.1")
+	r := newResolver(t, &Options{AddressPolicy: IPv4Only}, s)
+	res := resolve(t, r, "example.com")
+	if len(res.Hosts) != 1 || res.Hosts[0].Name != "mail-exchanger-00.example.com" {
+		t.Fatalf("hosts %v", hostNames(res))
+	}
+	if u, tc := s.Answered("example.com", dns.TypeMX, dnstest.UDP), s.Answered("example.com", dns.TypeMX, dnstest.TCP); u != 2 || tc != 1 {
+		t.Fatalf("MX answered %d times over UDP (FORMERR, then truncated) and %d over TCP, want 2 and 1", u, tc)
+	}
+}

@@ -18,7 +18,9 @@
 //     has the TC bit and only part of the records; over TCP it is complete);
 //   - Hold: answers wait until the test releases them, to make concurrent
 //     callers overlap deterministically;
-//   - the AD bit (RFC 4035 §3.2.3), server-wide or per name.
+//   - the AD bit (RFC 4035 §3.2.3), server-wide or per name;
+//   - SetRejectEDNS0: FORMERR to queries with EDNS0, like a server that
+//     predates it (RFC 6891 §7).
 //
 // Independently of faults, UDP replies larger than the client's advertised
 // EDNS0 buffer (RFC 6891 §6.2.5; 512 bytes without EDNS0) are truncated with

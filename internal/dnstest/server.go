@@ -104,6 +104,7 @@ type Server struct {
 	adAll    bool
 	adName   map[string]bool
 	noChase  bool
+	noEDNS   bool
 	received map[countKey]int
 	answered map[countKey]int
 	changed  chan struct{} // closed and replaced whenever a count changes
@@ -376,6 +377,14 @@ func (s *Server) SetChaseCNAME(on bool) {
 	s.mu.Unlock()
 }
 
+// SetRejectEDNS0 makes the server behave like one that predates EDNS
+// (RFC 6891 §7): a query with an OPT record gets FORMERR without one.
+func (s *Server) SetRejectEDNS0(on bool) {
+	s.mu.Lock()
+	s.noEDNS = on
+	s.mu.Unlock()
+}
+
 // Received returns how many queries were received for name, qtype and
 // transport. An empty name, a zero qtype and an empty transport match any.
 func (s *Server) Received(name string, qtype uint16, transport string) int {
@@ -532,6 +541,10 @@ func (s *Server) reply(req *dns.Msg, name string, qtype uint16, transport string
 		resp.AuthenticatedData = ad
 	}
 	if opt := req.IsEdns0(); opt != nil {
+		if s.noEDNS {
+			resp.Rcode = dns.RcodeFormatError
+			return resp
+		}
 		resp.SetEdns0(min(max(opt.UDPSize(), dns.MinMsgSize), 4096), false)
 	}
 

@@ -409,3 +409,17 @@ func TestFaultPerTransport(t *testing.T) {
 		t.Fatalf("TCP after clearing: TC=%v, %d records", r.Truncated, len(r.Answer))
 	}
 }
+
+func TestRejectEDNS0(t *testing.T) {
+	t.Parallel()
+	s := Start(t)
+	s.AddA("example.com", 60, "192.0.2.1")
+	s.SetRejectEDNS0(true)
+	r := query(t, s.Addr(), UDP, "example.com", dns.TypeA, true)
+	if r.Rcode != dns.RcodeFormatError || r.IsEdns0() != nil || len(r.Answer) != 0 {
+		t.Fatalf("with EDNS0: %v", r)
+	}
+	if r = query(t, s.Addr(), UDP, "example.com", dns.TypeA, false); r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+		t.Fatalf("without EDNS0: %v", r)
+	}
+}
