@@ -1,7 +1,6 @@
 package mxresolve
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -199,10 +198,4 @@ func equalFoldASCII(a, b string) bool {
 		}
 	}
 	return true
-}
-
-// isRcodeFailure reports whether err comes from a failure reply code.
-func isRcodeFailure(err error) bool {
-	var re *rcodeError
-	return errors.As(err, &re)
 }

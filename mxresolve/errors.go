@@ -93,6 +93,9 @@ type rcodeError struct {
 }
 
 func (e *rcodeError) Error() string {
+	if e.server == "" {
+		return "reply code " + rcodeString(e.rcode)
+	}
 	return fmt.Sprintf("nameserver %s answered %s", e.server, rcodeString(e.rcode))
 }
 
