@@ -1,9 +1,11 @@
 package health_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -278,4 +280,64 @@ func runReal(t *testing.T, c *health.Checker) func() {
 	}
 	t.Cleanup(stop)
 	return stop
+}
+
+// TestCheckerPassiveFailuresOnBlackHoledRelay: a relay that is up and not
+// due for a probe for an hour is black-holed; Fall clients that time out
+// reading its greeting and report it take it down at once, before any
+// probe could finish. Once traffic passes again, probes bring it back.
+func TestCheckerPassiveFailuresOnBlackHoledRelay(t *testing.T) {
+	t.Parallel()
+	srv := smtptest.NewServer(t, nil)
+	px := faultproxy.Start(t, srv.Addr())
+	var log eventLog
+	opts := fastOptions(&log)
+	opts.Interval = time.Hour // no probe is due while the target is up
+	c := health.New(opts)
+	sub := c.Subscribe()
+	defer sub.Close()
+	mustAdd(t, c, health.Target{Name: "relay1", Address: px.Addr(), Kind: health.ProbeSMTP})
+	stop := runReal(t, c)
+	waitChange(t, sub, "relay1", health.Unknown, health.Up)
+
+	if err := px.SetMode(faultproxy.BlackHole); err != nil {
+		t.Fatal(err)
+	}
+	// What a client sees on a real connection: no greeting in time.
+	greeting := func() error {
+		conn, err := net.DialTimeout("tcp", px.Addr(), 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		_, err = bufio.NewReader(conn).ReadString('\n')
+		return err
+	}
+	for i := range opts.Fall {
+		err := greeting()
+		if err == nil {
+			t.Fatalf("client %d got a greeting through the black hole", i)
+		}
+		c.ReportFailure("relay1", fmt.Errorf("reading the greeting: %w", err))
+	}
+	if got := c.State("relay1"); got != health.Down {
+		t.Fatalf("state %v after %d passive failures", got, opts.Fall)
+	}
+	down := waitChange(t, sub, "relay1", health.Up, health.Down)
+	var ne net.Error
+	if !down.Passive || !errors.As(down.Err, &ne) || !ne.Timeout() {
+		t.Errorf("down change %+v", down)
+	}
+	// The probe the first report brought forward waits on the black hole
+	// for opts.Timeout: only the Rise probes that brought it up ended.
+	if st, _ := c.Status("relay1"); st.Probes != uint64(opts.Rise) || st.Reports != uint64(opts.Fall) {
+		t.Errorf("%d probes and %d reports when it went down", st.Probes, st.Reports)
+	}
+
+	if err := px.SetMode(faultproxy.Pass); err != nil {
+		t.Fatal(err)
+	}
+	waitChange(t, sub, "relay1", health.Down, health.Up)
+	stop()
 }
