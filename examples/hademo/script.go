@@ -1,0 +1,55 @@
+package main
+
+import (
+	"github.com/emersion/go-smtp"
+	"github.com/hamail/hamail/internal/faultproxy"
+	"github.com/hamail/hamail/internal/smtptest"
+)
+
+// step is one event of the fault script. It runs once the given fraction
+// of the messages has been handed to the Mailer, so that the story is the
+// same on a fast machine and on a loaded one.
+type step struct {
+	at   float64
+	what string
+	kill bool // a kill (counted by the test), not a repair
+	do   func(w *world) error
+}
+
+// script is what happens to the world while mail flows. The Mailer
+// delivers directly to the MX hosts of example.com, in preference order;
+// the two fallback relays (Postfix's smtp_fallback_relay) take the mail
+// only while no exchanger answers.
+func script() []step {
+	return []step{
+		{at: 0.10, kill: true, what: "kill mx1 (MX 10, the primary): server stopped, open sessions cut",
+			do: func(w *world) error { return w.mx[0].srv.Stop() }},
+		{at: 0.25, kill: true, what: "black-hole mx2 (MX 20): connections accepted, never answered",
+			do: func(w *world) error { return w.mx[1].proxy.SetMode(faultproxy.BlackHole) }},
+		{at: 0.35, kill: true, what: "mx3 (MX 30) refuses connections: no exchanger of example.com answers",
+			do: func(w *world) error { return w.mx[2].proxy.SetMode(faultproxy.Refuse) }},
+		{at: 0.45, kill: true, what: "kill relay-1: server stopped",
+			do: func(w *world) error { return w.relay[0].srv.Stop() }},
+		{at: 0.50, kill: true, what: "kill imap1, the replica the reader follows",
+			do: func(w *world) error { return w.imap.Replica(0).Stop() }},
+		{at: 0.52, kill: true, what: "relay-2 defers everything (451 4.3.2): no path at all, messages wait in the queue",
+			do: func(w *world) error {
+				w.relay[1].srv.SetFault(smtptest.StageMail, smtptest.Reply(451, smtp.EnhancedCode{4, 3, 2}, "System not accepting network messages"))
+				return nil
+			}},
+		{at: 0.62, what: "repair mx2 and mx3; relay-2 accepts again",
+			do: func(w *world) error {
+				w.relay[1].srv.ClearFaults()
+				if err := w.mx[1].proxy.SetMode(faultproxy.Pass); err != nil {
+					return err
+				}
+				return w.mx[2].proxy.SetMode(faultproxy.Pass)
+			}},
+		{at: 0.68, what: "restart relay-1",
+			do: func(w *world) error { return w.relay[0].srv.Start() }},
+		{at: 0.75, what: "restart mx1 (same address): its breaker lets a probe through, then it takes the mail again",
+			do: func(w *world) error { return w.mx[0].srv.Start() }},
+		{at: 0.85, what: "restart imap1",
+			do: func(w *world) error { return w.imap.Replica(0).Start() }},
+	}
+}
