@@ -17,8 +17,8 @@ type rcptReport struct {
 
 // txReport is what one MAIL/RCPT/DATA transaction gave.
 type txReport struct {
-	mailErr   error // MAIL failed (reply or connection)
-	mailReply *Reply
+	mailErr   error        // MAIL failed (reply or connection)
+	mailReply *Reply       // the reply to MAIL, when there was one
 	rcpts     []rcptReport // one per recipient offered, in order
 	dataStage Stage        // StageData, StageBody or StageDataEnd when dataErr != nil
 	dataErr   error
@@ -234,6 +234,9 @@ func (c *Client) applyReport(s *sendState, t *target, batch []parsedRecipient, r
 		if v.next {
 			next = append(next, p)
 		}
+	}
+	if rep.mailReply != nil && c.hooks.Reply != nil {
+		c.hooks.Reply(t.info, StageMail, "", *rep.mailReply)
 	}
 	if rep.mailErr != nil {
 		for _, p := range batch {

@@ -267,7 +267,8 @@ type Hooks struct {
 	// HostSkipped: a host was skipped (err wraps ErrBreakerOpen,
 	// ErrHostDown, or gobreaker.ErrTooManyRequests).
 	HostSkipped func(h HostInfo, err error)
-	// Connected: a new connection was established and greeted, or failed.
+	// Connected: a new connection is ready (greeted, EHLO, TLS and AUTH
+	// done as the policy says), or failed to become so.
 	Connected func(h HostInfo, err error)
 	// TLS: TLS was established (STARTTLS or implicit).
 	TLS func(h HostInfo, state tls.ConnectionState)

@@ -175,11 +175,11 @@ func wireReport(res *smtpwire.TxResult, err error, n int) *txReport {
 		}
 		return rep
 	}
+	rep.mailReply = wireReply(res.Mail)
 	if res.Mail == nil || res.Mail.Code/100 != 2 {
 		rep.mailErr = err
 		if res.Mail != nil {
 			rep.mailErr = res.Mail.SMTPError()
-			rep.mailReply = wireReply(res.Mail)
 		}
 		if rep.mailErr == nil {
 			rep.mailErr = ErrConnectionLost
