@@ -198,7 +198,9 @@ func normalize(domain string) (string, error) {
 			return "", fmt.Errorf("%q is not ASCII (give A-labels): %w", domain, ErrInvalidDomain)
 		}
 	}
-	if d == "" || d[0] == '[' {
+	// An empty name, the root, and an empty last label ("example.com..")
+	// name no mail domain.
+	if d == "" || d[0] == '[' || d[len(d)-1] == '.' {
 		return "", fmt.Errorf("%q: %w", domain, ErrInvalidDomain)
 	}
 	// Top-level domains are not all-numeric (RFC 3696 §2), so only a name

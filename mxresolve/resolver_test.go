@@ -319,7 +319,7 @@ func TestHostsWithoutAddresses(t *testing.T) {
 func TestInvalidDomains(t *testing.T) {
 	t.Parallel()
 	r := New(&Options{Nameservers: []string{"127.0.0.1:1"}})
-	for _, d := range []string{"", ".", "[192.0.2.1]", "192.0.2.1", "2001:db8::1", "a..b", strings.Repeat("a", 64) + ".com",
+	for _, d := range []string{"", ".", "..", "example.com..", "[192.0.2.1]", "192.0.2.1", "2001:db8::1", "a..b", strings.Repeat("a", 64) + ".com",
 		strings.Repeat("abcdefghi.", 26) + "com"} {
 		e := resolveErr(t, r, d)
 		wantCode(t, e, 550, [3]int{5, 1, 2}, ErrInvalidDomain)
