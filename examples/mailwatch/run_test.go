@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -405,5 +407,58 @@ func TestUnacceptedPostEmittedAgainAfterRestart(t *testing.T) {
 	}
 	if accepted != 1 {
 		t.Errorf("accepted %d POSTs, want 1: %v", accepted, posts)
+	}
+}
+
+func TestImplicitTLSTrustsTheGivenCA(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, &imaptest.Options{Replicas: 1, TLS: imaptest.TLSImplicit})
+	appendMessages(t, s, 1, 1)
+	// The replica's self-signed certificate, as an operator would put it
+	// in a CA file.
+	conn, err := tls.Dial("tcp", s.Replica(0).Addr(), s.ClientTLSConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	der := conn.ConnectionState().PeerCertificates[0].Raw
+	conn.Close()
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-replicas", s.Replica(0).Addr(), "-user", s.Username(), "-state", t.TempDir(),
+		"-existing", "-tls", "implicit", "-ca", caFile}
+	env := []string{"MAILWATCH_PASSWORD=" + s.Password()}
+
+	out := newLines(t)
+	stop := start(t, args, env, out)
+	if got := out.wait(1); got[0].MessageID != "order-1@example.org" {
+		t.Errorf("got %+v", got[0])
+	}
+	stop()
+
+	// Without the CA the certificate is not trusted and nothing is read.
+	var stderr safeBuffer
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	bad := newLines(t)
+	done := make(chan int, 1)
+	untrusted := []string{"-replicas", s.Replica(0).Addr(), "-user", s.Username(), "-state", t.TempDir(), "-existing", "-tls", "implicit"}
+	go func() { done <- run(ctx, untrusted, env, bad, &stderr) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(stderr.String(), "certificate") {
+		if time.Now().After(deadline) {
+			t.Fatalf("log does not mention the certificate failure:\n%s", stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond) // polling the log with a deadline
+	}
+	cancel()
+	if code := <-done; code != exitStopped {
+		t.Errorf("untrusted replica: exit status %d", code)
+	}
+	bad.mu.Lock()
+	defer bad.mu.Unlock()
+	if len(bad.records) != 0 {
+		t.Errorf("read %d messages from an untrusted replica", len(bad.records))
 	}
 }
