@@ -141,7 +141,9 @@ func TestClusterLeaderKill(t *testing.T) {
 		t.Fatalf("only %d of %d delivered before the kill", d.total.Load(), total)
 	}
 	leader := c.streamLeader(ctx, stores[0].js, "KILL")
-	inflight := runners * concurrency
+	// Delivered to a store and not yet acknowledged: the attempts under
+	// way and the deliveries each store prefetched.
+	inflight := runners * (concurrency + DefaultPrefetch)
 	killedAt := d.total.Load()
 	leader.shutdown()
 	t.Logf("shut down stream leader %s after %d attempts", leader.name(), killedAt)

@@ -153,18 +153,26 @@ func startCluster(t testing.TB, size int) *testCluster {
 	return c
 }
 
-// waitMetaLeader waits until a running node is the JetStream meta leader.
+// waitMetaLeader waits until a running node is the JetStream meta leader
+// and knows every running node as an online peer: before that, placing an
+// R3 stream fails with "no suitable peers for placement".
 func (c *testCluster) waitMetaLeader() {
 	c.t.Helper()
 	if !waitFor(30*time.Second, func() bool {
+		running := 0
+		for _, n := range c.nodes {
+			if n.server() != nil {
+				running++
+			}
+		}
 		for _, n := range c.nodes {
 			if s := n.server(); s != nil && s.JetStreamIsLeader() {
-				return true
+				return len(s.JetStreamClusterPeers()) >= running
 			}
 		}
 		return false
 	}) {
-		c.t.Fatal("no JetStream meta leader elected")
+		c.t.Fatal("no JetStream meta leader with every node online")
 	}
 }
 

@@ -38,6 +38,7 @@ const (
 	DefaultReplicas  = 3
 	DefaultAckWait   = 30 * time.Second
 	DefaultMaxLeased = 10000
+	DefaultPrefetch  = 64
 	// consumerName is the durable pull consumer all runners share.
 	consumerName = "runners"
 	// claimPatience is how long an enqueue waits for the item of a key
@@ -67,6 +68,15 @@ type Options struct {
 	// MaxLeased caps the items leased at once across all runners (the
 	// consumer's MaxAckPending). Default DefaultMaxLeased.
 	MaxLeased int
+	// Prefetch is how many deliveries a Lease pulls at least, keeping
+	// those beyond what it was asked for to hand out on the next calls:
+	// a pull costs a round trip to the consumer leader. A kept delivery
+	// waits at most a second (a quarter of AckWait if that is shorter),
+	// then goes back to the server for other runners; it is never handed
+	// out once the server could have given it to another runner. Kept
+	// deliveries count against MaxLeased. Default DefaultPrefetch;
+	// negative means no prefetch.
+	Prefetch int
 	// Now is the clock for Created and due times; it must agree with the
 	// servers' clocks, which fire the retries. Nil means time.Now.
 	Now func() time.Time
@@ -98,9 +108,16 @@ type Store struct {
 	closed   bool
 	token    uint64
 	held     map[string]*held
+	buf      []prefetched // pulled, not yet handed out; oldest first
 	keeperOn bool
 	stop     chan struct{}
 	stopped  chan struct{}
+}
+
+// prefetched is a delivery pulled ahead of a Lease call.
+type prefetched struct {
+	d  *delivery
+	at time.Time // when it was pulled: the server's AckWait runs from then
 }
 
 // held is a lease this Store value gave out.
@@ -142,6 +159,12 @@ func New(nc *nats.Conn, opts *Options) (*Store, error) {
 	}
 	if o.MaxLeased == 0 {
 		o.MaxLeased = DefaultMaxLeased
+	}
+	switch {
+	case o.Prefetch == 0:
+		o.Prefetch = DefaultPrefetch
+	case o.Prefetch < 0:
+		o.Prefetch = 0
 	}
 	switch {
 	case strings.ContainsAny(o.Stream, ". *>\t\r\n/\\"):
@@ -594,25 +617,60 @@ const leaseWait = 100 * time.Millisecond
 
 // Lease takes up to max due items from the shared consumer. When none is
 // due it waits up to a tenth of a second for one, then returns none.
-func (s *Store) Lease(ctx context.Context, max int, d time.Duration) ([]*queue.Item, error) {
+func (s *Store) Lease(ctx context.Context, limit int, d time.Duration) ([]*queue.Item, error) {
 	if err := s.ready(ctx, "lease"); err != nil {
 		return nil, err
 	}
-	if max <= 0 {
+	if limit <= 0 {
 		return nil, nil
 	}
-	start := time.Now()
-	msgs, err := s.fetch(ctx, max, leaseWait)
-	if err != nil {
-		return nil, &queue.Error{Op: "lease", Err: err}
+	// Prefetched deliveries first, then one pull for the rest and the
+	// next calls: a pull per item would cost a round trip to the consumer
+	// leader for each.
+	s.mu.Lock()
+	stale := s.releaseStaleLocked(time.Now())
+	n := min(limit, len(s.buf))
+	msgs := slices.Clone(s.buf[:n])
+	s.buf = slices.Delete(s.buf, 0, n)
+	s.mu.Unlock()
+	for _, m := range stale {
+		_ = m.Nak()
+	}
+	if need := limit - len(msgs); need > 0 {
+		wait := leaseWait
+		if len(msgs) > 0 {
+			wait = 0 // have some: take only what is there
+		}
+		fetchedAt := time.Now()
+		got, err := s.fetch(ctx, max(need, s.opts.Prefetch), wait)
+		if err != nil && len(msgs) == 0 {
+			return nil, &queue.Error{Op: "lease", Err: err}
+		}
+		for i, m := range got {
+			p := prefetched{d: m, at: fetchedAt}
+			if i < need {
+				msgs = append(msgs, p)
+				continue
+			}
+			s.mu.Lock()
+			if s.closed {
+				_ = m.Nak()
+			} else {
+				s.buf = append(s.buf, p)
+				s.startKeeperLocked()
+			}
+			s.mu.Unlock()
+		}
 	}
 	if d < s.opts.AckWait {
 		d = s.opts.AckWait
 	}
+	now := time.Now()
 	var items []*queue.Item
 	var corrupt []string
-	for _, m := range msgs {
-		it, bad, err := s.take(ctx, m, start, d)
+	for _, p := range msgs {
+		m := p.d
+		it, bad, err := s.take(ctx, m, p.at, now, d)
 		if err != nil {
 			// Unleased messages come back after AckWait; give the caller
 			// what was taken.
@@ -635,7 +693,7 @@ func (s *Store) Lease(ctx context.Context, max int, d time.Duration) ([]*queue.I
 // take turns one delivery into a lease, or disposes of it: a corrupt
 // record is quarantined, a stale version (a newer one exists) acknowledged,
 // a version delivered before its time sent back until then.
-func (s *Store) take(ctx context.Context, m *delivery, start time.Time, d time.Duration) (*queue.Item, string, error) {
+func (s *Store) take(ctx context.Context, m *delivery, fetchedAt, now time.Time, d time.Duration) (*queue.Item, string, error) {
 	md := m.md
 	id := m.Subject()[len(s.subject)+len(".ready."):]
 	rec, body, err := decodeRecord(m.Data())
@@ -674,8 +732,8 @@ func (s *Store) take(ctx context.Context, m *delivery, start time.Time, d time.D
 		seq:      md.Sequence.Stream,
 		rec:      rec,
 		body:     body,
-		until:    start.Add(d),
-		extended: start,
+		until:    now.Add(d),
+		extended: fetchedAt,
 		recheck:  md.NumDelivered > 1,
 	}
 	s.held[id] = h
@@ -1025,7 +1083,11 @@ func (s *Store) Stats(ctx context.Context) (queue.Stats, error) {
 		}
 	}
 	st.Items = ready + st.Deferred
-	st.Leased = min(ci.NumAckPending, ready)
+	// Deliveries this Store prefetched are not leased to anyone yet.
+	s.mu.Lock()
+	pending := ci.NumAckPending - len(s.buf)
+	s.mu.Unlock()
+	st.Leased = min(max(pending, 0), ready)
 	st.Due = ready - st.Leased
 	st.Quarantined = len(subs["quar"])
 	if oldest != "" {
@@ -1053,6 +1115,10 @@ func (s *Store) Close() error {
 		}
 		delete(s.held, id)
 	}
+	for _, p := range s.buf {
+		release = append(release, p.d)
+	}
+	s.buf = nil
 	stop, stopped := s.stop, s.stopped
 	s.mu.Unlock()
 	if stop != nil {
@@ -1063,6 +1129,32 @@ func (s *Store) Close() error {
 		_ = m.Nak()
 	}
 	return nil
+}
+
+// prefetchHold is how long a prefetched delivery waits in the buffer at
+// most; see holdFor.
+const prefetchHold = time.Second
+
+// holdFor is how long a prefetched delivery may wait to be handed out. The
+// server's AckWait runs from the pull, and once it ends the server may give
+// the message to another runner: a delivery handed out later would be a
+// second lease on the item. The hold is at most a quarter of AckWait, so a
+// lease made from the buffer still has most of AckWait before the keeper's
+// first renewal, and never more than a second, so that items this runner
+// cannot take soon go to runners that can.
+func (s *Store) holdFor() time.Duration { return min(prefetchHold, s.opts.AckWait/4) }
+
+// releaseStaleLocked removes the prefetched deliveries held too long and
+// returns them for a Nak outside the lock; s.mu is held.
+func (s *Store) releaseStaleLocked(now time.Time) []*delivery {
+	var out []*delivery
+	hold := s.holdFor()
+	for len(s.buf) > 0 && now.Sub(s.buf[0].at) > hold {
+		out = append(out, s.buf[0].d)
+		s.buf[0] = prefetched{}
+		s.buf = s.buf[1:]
+	}
+	return out
 }
 
 // startKeeperLocked starts the renewal loop if it is not running; s.mu is
@@ -1081,7 +1173,9 @@ func (s *Store) startKeeperLocked() {
 // time the caller asked for, and forgets expired ones.
 func (s *Store) keep(stop <-chan struct{}, stopped chan<- struct{}) {
 	defer close(stopped)
-	tick := time.NewTicker(max(s.opts.AckWait/8, 50*time.Millisecond))
+	// Often enough to renew leases in time and to hand prefetched
+	// deliveries back soon after their hold ends.
+	tick := time.NewTicker(max(min(s.opts.AckWait/8, s.holdFor()/4), 50*time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {
@@ -1092,6 +1186,7 @@ func (s *Store) keep(stop <-chan struct{}, stopped chan<- struct{}) {
 		now := time.Now()
 		var renew []*delivery
 		s.mu.Lock()
+		release := s.releaseStaleLocked(now)
 		for id, h := range s.held {
 			switch {
 			case h.msg == nil:
@@ -1106,6 +1201,9 @@ func (s *Store) keep(stop <-chan struct{}, stopped chan<- struct{}) {
 			}
 		}
 		s.mu.Unlock()
+		for _, m := range release {
+			_ = m.Nak()
+		}
 		for _, m := range renew {
 			if err := m.InProgress(); err != nil {
 				s.log.Warn("renewing lease", "subject", m.Subject(), "err", err)
