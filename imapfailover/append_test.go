@@ -26,11 +26,12 @@ type lossyConn struct {
 }
 
 func (c *lossyConn) Write(b []byte) (int, error) {
-	n, err := c.Conn.Write(b)
+	// Mark before writing: the server may answer, and the reader see the
+	// answer, before Write returns.
 	if bytes.Contains(b, c.marker) && !c.tripped.Load() {
 		c.sent.Store(true)
 	}
-	return n, err
+	return c.Conn.Write(b)
 }
 
 func (c *lossyConn) Read(b []byte) (int, error) {

@@ -101,6 +101,9 @@ type Mailbox struct {
 
 	mu sync.Mutex // one Sync or Watch at a time
 	st *MailboxState
+	// Guarded by mu:
+	moved    failTracker   // replica left after a failure, for Hooks.Failover
+	userTime time.Duration // time in the caller's callbacks during a resync
 }
 
 // Mailbox returns a handle on the named mailbox. It does no I/O.
@@ -148,8 +151,12 @@ func (m *Mailbox) Sync(ctx context.Context, h Handler) (*SyncReport, error) {
 	var rep *SyncReport
 	err := m.onReplica(ctx, func(c *Conn) (bool, error) {
 		var err error
-		rep, err = m.resync(ctx, c, h)
-		return err == nil && rep.Lagging, err
+		r, err := m.observedResync(ctx, c, h)
+		if err != nil {
+			return false, err
+		}
+		rep = r
+		return r.Lagging, nil
 	})
 	return rep, unwrapHandler(err)
 }
@@ -169,7 +176,7 @@ func unwrapHandler(err error) error {
 func (m *Mailbox) onReplica(ctx context.Context, fn func(c *Conn) (lagging bool, err error)) error {
 	p := m.pool
 	var last error
-	laggingSeen := false
+	var laggingOn string
 	for _, rs := range p.order() {
 		c, err := p.get(ctx, rs)
 		if err != nil {
@@ -177,6 +184,7 @@ func (m *Mailbox) onReplica(ctx context.Context, fn func(c *Conn) (lagging bool,
 				return err
 			}
 			p.reportFailure(rs, err)
+			m.moved.failed(rs.name, err)
 			last = err
 			continue
 		}
@@ -185,9 +193,12 @@ func (m *Mailbox) onReplica(ctx context.Context, fn func(c *Conn) (lagging bool,
 			p.reportSuccess(rs)
 			p.put(c)
 			if lagging {
-				laggingSeen = true
+				if laggingOn == "" {
+					laggingOn = rs.name
+				}
 				continue
 			}
+			m.moved.served(&p.opts.Hooks, rs.name)
 			return nil
 		}
 		var he *handlerError
@@ -204,9 +215,11 @@ func (m *Mailbox) onReplica(ctx context.Context, fn func(c *Conn) (lagging bool,
 			return err
 		}
 		p.reportFailure(rs, err)
+		m.moved.failed(rs.name, err)
 		last = err
 	}
-	if laggingSeen {
+	if laggingOn != "" {
+		m.moved.served(&p.opts.Hooks, laggingOn)
 		return nil
 	}
 	if last == nil {
@@ -309,6 +322,28 @@ func (m *Mailbox) load(ctx context.Context) error {
 
 func (m *Mailbox) save(ctx context.Context) error {
 	return m.opts.Store.Save(ctx, m.opts.StateKey, m.st)
+}
+
+// observedResync runs resync and reports it to Hooks.Resynced.
+func (m *Mailbox) observedResync(ctx context.Context, c *Conn, h Handler) (*SyncReport, error) {
+	now := m.pool.opts.Now
+	start := now()
+	m.userTime = 0
+	rep, err := m.resync(ctx, c, h)
+	if err == nil && m.pool.opts.Hooks.Resynced != nil {
+		r := *rep
+		m.pool.opts.Hooks.Resynced(m.name, c.Replica(), now().Sub(start)-m.userTime, &r)
+	}
+	return rep, err
+}
+
+// user runs a caller's callback, accounting its time apart from the
+// resync's own.
+func (m *Mailbox) user(fn func() error) error {
+	start := m.pool.opts.Now()
+	err := fn()
+	m.userTime += m.pool.opts.Now().Sub(start)
+	return err
 }
 
 // resync brings the state up to date from the replica behind c and
@@ -475,12 +510,12 @@ func (m *Mailbox) resync(ctx context.Context, c *Conn, h Handler) (*SyncReport, 
 		return nil, &handlerError{err}
 	}
 	if len(gone) > 0 && m.opts.OnExpunge != nil {
-		if err := m.opts.OnExpunge(ctx, st.UIDValidity, gone); err != nil {
+		if err := m.user(func() error { return m.opts.OnExpunge(ctx, st.UIDValidity, gone) }); err != nil {
 			return nil, &handlerError{err}
 		}
 	}
 	if len(changes) > 0 {
-		if err := m.opts.OnFlags(ctx, changes); err != nil {
+		if err := m.user(func() error { return m.opts.OnFlags(ctx, changes) }); err != nil {
 			return nil, &handlerError{err}
 		}
 	}
@@ -619,7 +654,7 @@ func (m *Mailbox) deliver(ctx context.Context, c *Conn, h Handler, rep *SyncRepo
 				Flags: normFlags(b.Flags), Size: b.RFC822Size, InternalDate: b.InternalDate,
 				Envelope: b.Envelope, Sections: b.BodySection,
 			}
-			if err := h(ctx, msg); err != nil {
+			if err := m.user(func() error { return h(ctx, msg) }); err != nil {
 				return &handlerError{err}
 			}
 			k := KnownMessage{Fingerprint: fingerprint(b.Envelope, b.RFC822Size)}

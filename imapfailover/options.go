@@ -108,6 +108,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Hooks observe connections, failovers and resyncs, for metrics; the
+	// zero value observes nothing.
+	Hooks Hooks
 }
 
 func (o *Options) withDefaults() Options {

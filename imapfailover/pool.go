@@ -246,6 +246,7 @@ func (p *Pool) get(ctx context.Context, rs *replicaState) (*Conn, error) {
 		return nil, &Error{Replica: rs.name, Op: "dial", Err: err}
 	}
 	c, err := p.dial(ctx, rs)
+	p.opts.Hooks.connected(rs.name, err)
 	if err != nil {
 		<-p.slots
 		return nil, err
@@ -302,6 +303,7 @@ func (p *Pool) discard(c *Conn) {
 // tried the error wraps ErrNoReplica and the last failure.
 func (p *Pool) Do(ctx context.Context, repeat Repeat, fn func(ctx context.Context, c *Conn) error) error {
 	var last error
+	var moved failTracker
 	for _, rs := range p.order() {
 		c, err := p.get(ctx, rs)
 		if err != nil {
@@ -312,6 +314,7 @@ func (p *Pool) Do(ctx context.Context, repeat Repeat, fn func(ctx context.Contex
 				return err
 			}
 			p.reportFailure(rs, err)
+			moved.failed(rs.name, err)
 			last = err
 			continue
 		}
@@ -319,6 +322,7 @@ func (p *Pool) Do(ctx context.Context, repeat Repeat, fn func(ctx context.Contex
 		if err == nil {
 			p.reportSuccess(rs)
 			p.put(c)
+			moved.served(&p.opts.Hooks, rs.name)
 			return nil
 		}
 		if !c.Broken() {
@@ -334,6 +338,7 @@ func (p *Pool) Do(ctx context.Context, repeat Repeat, fn func(ctx context.Contex
 		if repeat == Once {
 			return err
 		}
+		moved.failed(rs.name, err)
 		last = err
 	}
 	if last == nil {

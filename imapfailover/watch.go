@@ -102,6 +102,7 @@ func (m *Mailbox) watchOn(ctx context.Context, rs *replicaState, h Handler, acce
 	if err != nil {
 		if !errors.Is(err, ErrClosed) && ctx.Err() == nil {
 			p.reportFailure(rs, err)
+			m.moved.failed(rs.name, err)
 		}
 		return err
 	}
@@ -114,6 +115,7 @@ func (m *Mailbox) watchOn(ctx context.Context, rs *replicaState, h Handler, acce
 		p.discard(c)
 		if ctx.Err() == nil && !isHandler(err) {
 			p.reportFailure(rs, err)
+			m.moved.failed(rs.name, err)
 		}
 	default:
 		p.put(c)
@@ -130,7 +132,7 @@ func isHandler(err error) bool {
 // or the heartbeat is due, leave IDLE, NOOP or resync.
 func (m *Mailbox) follow(ctx context.Context, c *Conn, h Handler, acceptLag bool) error {
 	p := m.pool
-	rep, err := m.resync(ctx, c, h)
+	rep, err := m.observedResync(ctx, c, h)
 	if err != nil {
 		return err
 	}
@@ -138,12 +140,13 @@ func (m *Mailbox) follow(ctx context.Context, c *Conn, h Handler, acceptLag bool
 	if lagging && !acceptLag {
 		return ErrLagging
 	}
+	m.moved.served(&p.opts.Hooks, c.Replica())
 	p.opts.Logger.Debug("imap watch: following", "mailbox", m.name, "replica", c.Replica(), "lagging", lagging)
 	heartbeat := time.NewTimer(p.opts.Heartbeat)
 	defer heartbeat.Stop()
 	for {
 		if c.dirty.Load() {
-			rep, err := m.resync(ctx, c, h)
+			rep, err := m.observedResync(ctx, c, h)
 			if err != nil {
 				return err
 			}

@@ -407,6 +407,9 @@ func (r *Replica) Start() error {
 	go func() {
 		defer close(done)
 		_ = srv.Serve(ln)
+		// Serve leaves ln open when Close came first (a Stop right after
+		// Start), which would keep the address taken.
+		ln.Close()
 	}()
 	r.srv, r.done = srv, done
 	return nil
