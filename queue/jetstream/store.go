@@ -586,10 +586,15 @@ func (s *Store) publishVersion(ctx context.Context, rec *record, body []byte, ex
 	m.Data = data
 	// A publish retried through a leader election is stored once: the
 	// first version is identified by the item's ID, later ones by the
-	// version they replace.
+	// version they replace and a nonce of this write. Without the nonce
+	// two runners replacing the same version (one of them after its lease
+	// ran out) would send the same ID, and the server would answer the
+	// second with the first one's acknowledgement (a duplicate) instead of
+	// failing its compare-and-set: the loser would believe it had written,
+	// and a Complete after that would delete the winner's version.
 	msgID := rec.ID
 	if !first {
-		msgID = fmt.Sprintf("%s.v%d", rec.ID, expect)
+		msgID = fmt.Sprintf("%s.v%d.%s", rec.ID, expect, queue.NewID(time.Now()))
 	}
 	opts := []natsjs.PublishOpt{natsjs.WithMsgID(msgID)}
 	if casSubj != "" {
