@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-smtp"
 	"github.com/hamail/hamail/internal/smtpwire"
@@ -44,6 +46,13 @@ func (wt wireTransport) dial(ctx context.Context, t *target) (*conn, Stage, erro
 	nc, err := c.dialer.DialContext(dctx, "tcp", t.info.Addr)
 	cancel()
 	if err != nil {
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			// Our connect timeout, not the caller's context: a failure of
+			// the host, which the next host may not share. (net.Dialer
+			// already says "i/o timeout"; other dialers pass the context's
+			// error through.)
+			err = &connectTimeoutError{addr: t.info.Addr, after: c.opts.Timeouts.Connect, cause: err.Error()}
+		}
 		return nil, StageConnect, err
 	}
 	if t.implicitTLS {
@@ -252,3 +261,21 @@ func isASCII(s string) bool {
 }
 
 var _ io.Closer = (*conn)(nil)
+
+// connectTimeoutError is Timeouts.Connect running out. It deliberately does
+// not wrap context.DeadlineExceeded, which means the caller's context ended.
+type connectTimeoutError struct {
+	addr  string
+	after time.Duration
+	cause string
+}
+
+func (e *connectTimeoutError) Error() string {
+	return fmt.Sprintf("connect to %s: no connection after %v (%s)", e.addr, e.after, e.cause)
+}
+
+// Timeout and Temporary make it a net.Error, like a dial timeout.
+func (e *connectTimeoutError) Timeout() bool   { return true }
+func (e *connectTimeoutError) Temporary() bool { return true }
+
+var _ net.Error = (*connectTimeoutError)(nil)

@@ -1,0 +1,238 @@
+package smtpclient
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/hamail/hamail/internal/smtptest"
+	"github.com/sony/gobreaker/v2"
+)
+
+func TestEightBitMIME(t *testing.T) {
+	t.Parallel()
+	offered := server(t, nil)
+	caps := smtptest.DefaultCapabilities()
+	caps.EightBitMIME = false
+	// This server refuses BODY=8BITMIME with 555 5.5.4 because it does not
+	// advertise the extension (RFC 5321 §4.1.1.11).
+	notOffered := server(t, &caps)
+	for _, s := range []*smtptest.Server{offered, notOffered} {
+		c := newTestClient(t, &Options{Relays: []Relay{{Name: "a", Addr: s.Addr()}}})
+		m := testMessage("bob@example.com")
+		m.EightBit = true
+		if rr := mustSend(t, c, m).Recipients[0]; rr.Outcome != Delivered {
+			t.Fatalf("%+v", rr)
+		}
+	}
+	if got := offered.Messages()[0].MailOpts.Body; got != smtp.Body8BitMIME {
+		t.Errorf("BODY=%q where 8BITMIME is offered", got)
+	}
+	if got := notOffered.Messages()[0].MailOpts.Body; got != "" {
+		t.Errorf("BODY=%q where 8BITMIME is not offered", got)
+	}
+}
+
+// openCounter is a Message.Open that counts the readers it opens and
+// closes.
+type openCounter struct {
+	body           string
+	opened, closed atomic.Int32
+	fail           error
+}
+
+func (o *openCounter) open() (io.ReadCloser, error) {
+	if o.fail != nil {
+		return nil, o.fail
+	}
+	o.opened.Add(1)
+	return readCloser{strings.NewReader(o.body), &o.closed}, nil
+}
+
+type readCloser struct {
+	io.Reader
+	closed *atomic.Int32
+}
+
+func (r readCloser) Close() error { r.closed.Add(1); return nil }
+
+func TestOpenedBodyIsReadAgainOnTheNextHost(t *testing.T) {
+	t.Parallel()
+	a, b := server(t, nil), server(t, nil)
+	// The primary takes the whole body, then defers it: the secondary must
+	// get the whole body again from a fresh reader.
+	a.SetFault(smtptest.StageDataEnd, smtptest.Reply(451, smtp.EnhancedCode{4, 3, 0}, "try later"))
+	oc := &openCounter{body: "Subject: reopened\r\n\r\n" + strings.Repeat("line of the body\r\n", 1000)}
+	c := newTestClient(t, &Options{Relays: twoRelays(a.Addr(), b.Addr())})
+	m := &Message{From: "sender@example.org", To: []Recipient{{Addr: "bob@example.com"}}, Open: oc.open, Size: int64(len(oc.body))}
+	if rr := mustSend(t, c, m).Recipients[0]; rr.Outcome != Delivered || rr.Host != "secondary" {
+		t.Fatalf("%+v", rr)
+	}
+	if oc.opened.Load() != 2 || oc.closed.Load() != 2 {
+		t.Fatalf("opened %d, closed %d readers; want one per attempt, each closed", oc.opened.Load(), oc.closed.Load())
+	}
+	if got := b.Messages()[0].Body; string(got) != oc.body {
+		t.Fatalf("secondary got %d bytes, want %d", len(got), len(oc.body))
+	}
+
+	t.Run("open fails", func(t *testing.T) {
+		t.Parallel()
+		s := server(t, nil)
+		errGone := errors.New("spool file gone")
+		c := newTestClient(t, &Options{Relays: []Relay{{Name: "s", Addr: s.Addr()}}})
+		m := &Message{From: "sender@example.org", To: []Recipient{{Addr: "bob@example.com"}}, Open: (&openCounter{fail: errGone}).open}
+		rr := mustSend(t, c, m).Recipients[0]
+		if rr.Outcome != Temporary || !errors.Is(rr.Err, errGone) {
+			t.Fatalf("%+v", rr)
+		}
+		if st := s.Stats(); st.Mail != 0 {
+			t.Fatalf("a transaction was started without a body: %+v", st)
+		}
+		if st := c.br.state("s"); st != gobreaker.StateClosed {
+			t.Fatalf("a local failure counted against the host: %v", st)
+		}
+	})
+}
+
+// TestConnectTimeout: a relay whose connect never completes (a firewall
+// dropping SYNs) is given up after Timeouts.Connect, the next relay takes
+// the message, and the failure counts against the relay.
+func TestConnectTimeout(t *testing.T) {
+	t.Parallel()
+	b := server(t, nil)
+	var deadline atomic.Value
+	d := dialFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if addr != "192.0.2.1:25" {
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}
+		dl, _ := ctx.Deadline()
+		deadline.Store(time.Until(dl))
+		<-ctx.Done()
+		return nil, &net.OpError{Op: "dial", Net: network, Err: ctx.Err()}
+	})
+	var logs syncBuffer
+	tm := testTimeouts
+	tm.Connect = 300 * time.Millisecond
+	c := newTestClient(t, &Options{
+		Relays:   twoRelays("192.0.2.1:25", b.Addr()),
+		Dialer:   d,
+		Timeouts: tm,
+		Breaker:  BreakerOptions{Failures: 1, OpenTimeout: time.Hour},
+		Logger:   slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	rr := mustSend(t, c, testMessage("bob@example.com")).Recipients[0]
+	if rr.Outcome != Delivered || rr.Host != "secondary" || rr.Attempts != 2 {
+		t.Fatalf("%+v", rr)
+	}
+	if got, _ := deadline.Load().(time.Duration); got <= 0 || got > tm.Connect {
+		t.Fatalf("dial context deadline in %v, want at most the connect timeout %v", got, tm.Connect)
+	}
+	if st := c.br.state("primary"); st != gobreaker.StateOpen {
+		t.Fatalf("connect timeout left the breaker %v", st)
+	}
+	if l := logs.String(); !strings.Contains(l, "attempt failed") || !strings.Contains(l, "host=primary") {
+		t.Fatalf("no warning logged for the failed attempt:\n%s", l)
+	}
+}
+
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+func (f dialFunc) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	return f(ctx, network, addr)
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestStalledRelayDataBlockTimeout: a relay that stops reading the body
+// (its buffers full) is given up after Timeouts.DataBlock, before the final
+// dot, so the outcome is known and the next relay delivers it once.
+func TestStalledRelayDataBlockTimeout(t *testing.T) {
+	t.Parallel()
+	a := smtptest.NewServer(t, &smtptest.Options{DiscardBodies: true})
+	b := smtptest.NewServer(t, &smtptest.Options{DiscardBodies: true})
+	a.SetFault(smtptest.StageBody, smtptest.Fault{Delay: time.Hour})
+	tm := testTimeouts
+	tm.DataBlock = time.Second
+	c := newTestClient(t, &Options{Relays: twoRelays(a.Addr(), b.Addr()), Timeouts: tm, Breaker: BreakerOptions{Failures: 1}})
+	// More than the loopback socket buffers hold, so the writer blocks.
+	line := strings.Repeat("z", 78) + "\r\n"
+	const size = 80 * 150_000 // whole lines, so the size arrives unchanged; three times the usual Linux maximum send buffer
+	m := &Message{From: "sender@example.org", To: []Recipient{{Addr: "bob@example.com"}}, Size: size,
+		Open: func() (io.ReadCloser, error) {
+			return io.NopCloser(io.LimitReader(&repeatReader{s: line}, size)), nil
+		}}
+	rr := mustSend(t, c, m).Recipients[0]
+	if rr.Outcome != Delivered || rr.Host != "secondary" || rr.Attempts != 2 {
+		t.Fatalf("%+v", rr)
+	}
+	if msgs := b.Messages(); len(msgs) != 1 || msgs[0].Size != size {
+		t.Fatalf("secondary: %d messages, want one of %d octets", len(msgs), size)
+	}
+	if len(a.Messages()) != 0 {
+		t.Fatal("the stalled relay completed the message")
+	}
+	if st := c.br.state("primary"); st != gobreaker.StateOpen {
+		t.Fatalf("a stalled relay left the breaker %v", st)
+	}
+}
+
+// repeatReader repeats s forever.
+type repeatReader struct {
+	s   string
+	off int
+}
+
+func (r *repeatReader) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		k := copy(p[n:], r.s[r.off:])
+		n += k
+		r.off = (r.off + k) % len(r.s)
+	}
+	return n, nil
+}
+
+func TestSTARTTLSStrippedUnderVerify(t *testing.T) {
+	t.Parallel()
+	caps := smtptest.DefaultCapabilities()
+	caps.StartTLS = false
+	a, b := server(t, &caps), server(t, nil)
+	relays := twoRelays(a.Addr(), b.Addr())
+	relays[0].TLS, relays[0].TLSConfig = TLSVerify, a.ClientTLSConfig("")
+	relays[1].TLS, relays[1].TLSConfig = TLSVerify, b.ClientTLSConfig("")
+	c := newTestClient(t, &Options{Relays: relays})
+	rr := mustSend(t, c, testMessage("bob@example.com")).Recipients[0]
+	if rr.Outcome != Delivered || rr.Host != "secondary" || b.Messages()[0].TLS == nil {
+		t.Fatalf("%+v", rr)
+	}
+	if st := a.Stats(); st.Mail != 0 {
+		t.Fatalf("sent to a server without STARTTLS under verify: %+v", st)
+	}
+	if n := c.Stats().Hosts["primary"].Open; n != 0 {
+		t.Fatalf("%d connections kept to a host that failed the TLS policy", n)
+	}
+}
