@@ -1,0 +1,545 @@
+package hamail
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hamail/hamail/internal/dnstest"
+	"github.com/hamail/hamail/internal/smtptest"
+	"github.com/hamail/hamail/metrics"
+	"github.com/hamail/hamail/mxresolve"
+	"github.com/hamail/hamail/queue"
+	"github.com/hamail/hamail/queue/bbolt"
+	"github.com/hamail/hamail/smtpclient"
+)
+
+// waitTimeout bounds every wait of these tests; generous, for a loaded
+// machine.
+const waitTimeout = 30 * time.Second
+
+func waitCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// testRunner retries quickly, so that a test sees several attempts.
+func testRunner() *queue.RunnerOptions {
+	return &queue.RunnerOptions{
+		Concurrency:    4,
+		AttemptTimeout: 20 * time.Second,
+		Schedule:       queue.Retry{MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Jitter: -1},
+		PollInterval:   50 * time.Millisecond,
+		NoticeRetry:    100 * time.Millisecond,
+		ReportingMTA:   "mta.example.org",
+	}
+}
+
+// testSMTP keeps breakers from holding a restarted relay closed for long.
+func testSMTP() *smtpclient.Options {
+	return &smtpclient.Options{
+		LocalName: "app.example.org",
+		Breaker:   smtpclient.BreakerOptions{OpenTimeout: 100 * time.Millisecond},
+		Timeouts:  smtpclient.Timeouts{Connect: 5 * time.Second},
+	}
+}
+
+func relayOf(s *smtptest.Server) []smtpclient.Relay {
+	return []smtpclient.Relay{{Name: "relay", Addr: s.Addr()}}
+}
+
+// open opens a Mailer and shuts it down when the test ends.
+func open(t *testing.T, o *Options) *Mailer {
+	t.Helper()
+	m, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+const body = "From: app@example.org\nTo: bob@example.com\nSubject: hello\n\nHello Bob.\n"
+
+func send(t *testing.T, m *Mailer, to ...string) string {
+	t.Helper()
+	id, err := m.Send(waitCtx(t), &Message{From: "app@example.org", To: to, Body: strings.NewReader(body)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// waitEmpty waits until the queue holds nothing.
+func waitEmpty(t *testing.T, s queue.Store) {
+	t.Helper()
+	ctx := waitCtx(t)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st, err := s.Stats(ctx)
+		if err == nil && st.Items == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("queue not empty: %+v, %v", st, err)
+		case <-tick.C:
+		}
+	}
+}
+
+func TestSendDelivers(t *testing.T) {
+	t.Parallel()
+	relay := smtptest.NewServer(t, nil)
+	m := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: t.TempDir(), Runner: testRunner()})
+	id := send(t, m, "bob@example.com", "carol@example.com")
+	if id == "" {
+		t.Fatal("empty id")
+	}
+	msgs, err := relay.WaitMessages(waitCtx(t), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := msgs[0]
+	if got.From != "app@example.org" || len(got.Rcpts) != 2 || got.Rcpts[0].Addr != "bob@example.com" || got.Rcpts[1].Addr != "carol@example.com" {
+		t.Fatalf("envelope: from %q rcpts %+v", got.From, got.Rcpts)
+	}
+	want := strings.ReplaceAll(body, "\n", "\r\n")
+	if string(got.Body) != want {
+		t.Fatalf("body %q, want %q", got.Body, want)
+	}
+	waitEmpty(t, m.Store())
+	if err := m.Shutdown(waitCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if len(relay.Messages()) != 1 {
+		t.Fatalf("%d messages, want 1", len(relay.Messages()))
+	}
+}
+
+// TestSendIsDurable: once Send returns, the message is in the store on
+// disk, whatever happens to the process; a later Mailer on the same
+// directory delivers it.
+func TestSendIsDurable(t *testing.T) {
+	t.Parallel()
+	relay := smtptest.NewServer(t, nil)
+	relay.Stop() // nothing can be delivered yet
+	dir := t.TempDir()
+	m := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: dir, Runner: testRunner()})
+	id, err := m.Send(waitCtx(t), &Message{From: "app@example.org", To: []string{"bob@example.com"}, Body: strings.NewReader(body),
+		EnvID: "env-1", Ret: queue.RetHeaders, Notify: queue.NotifyFailure | queue.NotifyDelay})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := bbolt.Open(filepath.Join(dir, "queue.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	it, err := s.Inspect(waitCtx(t), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it.Envelope.From != "app@example.org" || it.Envelope.EnvID != "env-1" || it.Envelope.Ret != queue.RetHeaders ||
+		len(it.Recipients) != 1 || it.Recipients[0].Notify != queue.NotifyFailure|queue.NotifyDelay || it.Recipients[0].Status != queue.StatusPending {
+		t.Fatalf("stored item: %+v", it)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := relay.Start(); err != nil {
+		t.Fatal(err)
+	}
+	m2 := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: dir, Runner: testRunner()})
+	msgs, err := relay.WaitMessages(waitCtx(t), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msgs[0].MailOpts.EnvelopeID != "env-1" || msgs[0].MailOpts.Return != smtp.DSNReturnHeaders {
+		t.Fatalf("DSN parameters lost: %+v", msgs[0].MailOpts)
+	}
+	waitEmpty(t, m2.Store())
+}
+
+// TestTemporaryFailureRetried: a 451 defers the message; the next attempt
+// delivers it.
+func TestTemporaryFailureRetried(t *testing.T) {
+	t.Parallel()
+	relay := smtptest.NewServer(t, nil)
+	relay.SetFault(smtptest.StageRcpt, smtptest.Fault{Reply: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}, Times: 1})
+	var mu sync.Mutex
+	var attempts []*queue.Attempt
+	ro := testRunner()
+	ro.OnAttempt = func(a *queue.Attempt) {
+		mu.Lock()
+		attempts = append(attempts, a)
+		mu.Unlock()
+	}
+	m := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: t.TempDir(), Runner: ro})
+	send(t, m, "bob@example.com")
+	if _, err := relay.WaitMessages(waitCtx(t), 1); err != nil {
+		t.Fatal(err)
+	}
+	waitEmpty(t, m.Store())
+	mu.Lock()
+	defer mu.Unlock()
+	if len(attempts) != 2 {
+		t.Fatalf("%d attempts, want 2", len(attempts))
+	}
+	first, second := attempts[0].Results[0], attempts[1].Results[0]
+	if first.Outcome != queue.OutcomeTemporary || first.Reply.Code != 451 || first.Reply.Enhanced != "4.3.0" || first.Host != "relay" {
+		t.Fatalf("first attempt: %+v", first)
+	}
+	if second.Outcome != queue.OutcomeDelivered || second.Reply.Code != 250 {
+		t.Fatalf("second attempt: %+v", second)
+	}
+}
+
+// TestPermanentFailureBounces: a 550 to one recipient sends a delivery
+// status notification to the sender, through the same route, with a null
+// reverse path; the other recipient is delivered.
+func TestPermanentFailureBounces(t *testing.T) {
+	t.Parallel()
+	relay := smtptest.NewServer(t, nil)
+	relay.SetRcptFault("nobody@example.com", smtptest.Fault{Reply: &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}})
+	notices := make(chan *queue.Notice, 4)
+	ro := testRunner()
+	ro.OnNotice = func(_ context.Context, n *queue.Notice) error {
+		notices <- n
+		return nil
+	}
+	m := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: t.TempDir(), Runner: ro})
+	id := send(t, m, "bob@example.com", "nobody@example.com")
+	msgs, err := relay.WaitMessages(waitCtx(t), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dsn *smtptest.Message
+	for i := range msgs {
+		if msgs[i].From == "" {
+			dsn = &msgs[i]
+		}
+	}
+	if dsn == nil || len(dsn.Rcpts) != 1 || dsn.Rcpts[0].Addr != "app@example.org" {
+		t.Fatalf("no bounce to the sender among %+v", msgs)
+	}
+	for _, want := range []string{"multipart/report", "Action: failed", "Final-Recipient: rfc822; nobody@example.com", "5.1.1", "no such user"} {
+		if !bytes.Contains(dsn.Body, []byte(want)) {
+			t.Errorf("bounce lacks %q:\n%s", want, dsn.Body)
+		}
+	}
+	select {
+	case n := <-notices:
+		if n.Kind != queue.NoticeFailure || n.ID != id || len(n.Recipients) != 1 || n.Recipients[0].Address != "nobody@example.com" ||
+			n.Recipients[0].Reply.Code != 550 || n.Recipients[0].Host != "relay" {
+			t.Fatalf("notice: %+v", n)
+		}
+	case <-waitCtx(t).Done():
+		t.Fatal("no notice")
+	}
+	waitEmpty(t, m.Store())
+}
+
+func TestSendRefusesBadInput(t *testing.T) {
+	t.Parallel()
+	relay := smtptest.NewServer(t, nil)
+	m := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: t.TempDir(), Runner: testRunner()})
+	cases := []struct {
+		name  string
+		msg   *Message
+		field string
+		addr  bool // the cause is an *smtpclient.AddressError
+	}{
+		{"nil", nil, "Message", false},
+		{"no recipient", &Message{From: "a@example.org", Body: strings.NewReader("x")}, "To", false},
+		{"bad recipient", &Message{From: "a@example.org", To: []string{"ok@example.com", "bad address@example.com"}, Body: strings.NewReader("x")}, "To[1]", true},
+		{"injection", &Message{From: "a@example.org", To: []string{"x@example.com>\r\nRCPT TO:<y@example.com"}, Body: strings.NewReader("x")}, "To[0]", true},
+		{"bad sender", &Message{From: "no-at-sign", To: []string{"b@example.com"}, Body: strings.NewReader("x")}, "From", true},
+		{"no body", &Message{From: "a@example.org", To: []string{"b@example.com"}}, "Body", false},
+	}
+	for _, c := range cases {
+		_, err := m.Send(waitCtx(t), c.msg)
+		var me *MessageError
+		if !errors.As(err, &me) || !errors.Is(err, ErrInvalidMessage) || me.Field != c.field {
+			t.Errorf("%s: %v (%#v), want a MessageError on %s", c.name, err, me, c.field)
+			continue
+		}
+		var ae *smtpclient.AddressError
+		if errors.As(err, &ae) != c.addr {
+			t.Errorf("%s: AddressError found = %v", c.name, !c.addr)
+		}
+	}
+	st, err := m.Stats(waitCtx(t))
+	if err != nil || st.Items != 0 {
+		t.Fatalf("stats %+v %v: something was stored", st, err)
+	}
+	if n := relay.Stats().Connections; n != 0 {
+		t.Fatalf("%d connections", n)
+	}
+}
+
+// TestUTF8AddressNeedsSMTPUTF8: a non-ASCII address makes the message
+// SMTPUTF8 without the caller saying so (RFC 6531 §3.4).
+func TestUTF8AddressNeedsSMTPUTF8(t *testing.T) {
+	t.Parallel()
+	relay := smtptest.NewServer(t, nil)
+	m := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: t.TempDir(), Runner: testRunner()})
+	send(t, m, "jürgen@example.com")
+	msgs, err := relay.WaitMessages(waitCtx(t), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !msgs[0].MailOpts.UTF8 || msgs[0].Rcpts[0].Addr != "jürgen@example.com" {
+		t.Fatalf("%+v", msgs[0])
+	}
+}
+
+func TestSendAfterShutdown(t *testing.T) {
+	t.Parallel()
+	relay := smtptest.NewServer(t, nil)
+	m := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: t.TempDir(), Runner: testRunner()})
+	if err := m.Shutdown(waitCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Send(waitCtx(t), &Message{From: "a@example.org", To: []string{"b@example.com"}, Body: strings.NewReader("x")}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Send after Shutdown: %v", err)
+	}
+	if err := m.Shutdown(waitCtx(t)); err != nil {
+		t.Fatalf("second Shutdown: %v", err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatalf("Close after Shutdown: %v", err)
+	}
+}
+
+// TestShutdownWaitsForAttempts: an attempt in flight when Shutdown starts
+// finishes, and its result is recorded, before Shutdown returns.
+func TestShutdownWaitsForAttempts(t *testing.T) {
+	t.Parallel()
+	relay := smtptest.NewServer(t, nil)
+	// Hold the reply to the final dot long enough for Shutdown to begin.
+	relay.SetFault(smtptest.StageDataEnd, smtptest.Fault{Delay: 500 * time.Millisecond})
+	dir := t.TempDir()
+	m := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: dir, Runner: testRunner()})
+	send(t, m, "bob@example.com")
+	if _, err := relay.Wait(waitCtx(t), func(s smtptest.Stats) bool { return s.Data >= 1 }); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Shutdown(waitCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	msgs := relay.Messages()
+	if len(msgs) != 1 || msgs[0].Unanswered || msgs[0].Reply.Code != 250 {
+		t.Fatalf("messages %+v", msgs)
+	}
+	s, err := bbolt.Open(filepath.Join(dir, "queue.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if st, err := s.Stats(waitCtx(t)); err != nil || st.Items != 0 {
+		t.Fatalf("after Shutdown the queue holds %+v (%v): the delivery was not recorded", st, err)
+	}
+}
+
+// TestShutdownCutsAttempts: when the grace period ends, attempts in flight
+// are cut and their messages stay queued; the next Mailer on the same
+// directory delivers them. Nothing is lost.
+func TestShutdownCutsAttempts(t *testing.T) {
+	t.Parallel()
+	for _, stage := range []smtptest.Stage{smtptest.StageRcpt, smtptest.StageDataEnd} {
+		t.Run(stage.String(), func(t *testing.T) {
+			t.Parallel()
+			relay := smtptest.NewServer(t, nil)
+			relay.SetFault(stage, smtptest.Fault{Delay: time.Minute, Times: 1})
+			dir := t.TempDir()
+			m := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: dir, Runner: testRunner()})
+			id := send(t, m, "bob@example.com")
+			if _, err := relay.Wait(waitCtx(t), func(s smtptest.Stats) bool {
+				if stage == smtptest.StageRcpt {
+					return s.Rcpt >= 1
+				}
+				return s.Data >= 1
+			}); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+			defer cancel()
+			if err := m.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("Shutdown: %v, want the grace period's end", err)
+			}
+			s, err := bbolt.Open(filepath.Join(dir, "queue.db"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			it, err := s.Inspect(waitCtx(t), id)
+			s.Close()
+			if err != nil {
+				t.Fatalf("the cut message is not queued: %v", err)
+			}
+			if stage == smtptest.StageDataEnd && !it.Recipients[0].PossibleDuplicate {
+				t.Errorf("cut after the final dot, not flagged as a possible duplicate: %+v", it.Recipients[0])
+			}
+			before := len(relay.Messages())
+			m2 := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: dir, Runner: testRunner()})
+			if _, err := relay.WaitMessages(waitCtx(t), before+1); err != nil {
+				t.Fatal(err)
+			}
+			waitEmpty(t, m2.Store())
+		})
+	}
+}
+
+// TestCrashLikeStop: the store is closed under a running Mailer, as a crash
+// would leave it; a new Mailer on the same directory still delivers.
+func TestCrashLikeStop(t *testing.T) {
+	t.Parallel()
+	relay := smtptest.NewServer(t, nil)
+	relay.Stop()
+	dir := t.TempDir()
+	// A message leased when the process died waits for its lease to
+	// expire: keep leases short here.
+	ro := testRunner()
+	ro.AttemptTimeout, ro.LeaseDuration = time.Second, 2*time.Second
+	m := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: dir, Runner: ro})
+	send(t, m, "bob@example.com")
+	send(t, m, "carol@example.com")
+	if err := m.Store().Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := relay.Start(); err != nil {
+		t.Fatal(err)
+	}
+	m2 := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: dir, Runner: testRunner()})
+	if _, err := relay.WaitMessages(waitCtx(t), 2); err != nil {
+		t.Fatal(err)
+	}
+	waitEmpty(t, m2.Store())
+	if err := m.Shutdown(waitCtx(t)); err != nil {
+		t.Fatalf("Shutdown of the crashed Mailer: %v", err)
+	}
+}
+
+// TestDirectMX delivers to the domain's exchangers found in DNS, moving to
+// the backup MX when the primary is down.
+func TestDirectMX(t *testing.T) {
+	t.Parallel()
+	mx1 := smtptest.NewServer(t, &smtptest.Options{Domain: "mx1.example.com"})
+	mx2 := smtptest.NewServer(t, &smtptest.Options{Domain: "mx2.example.com"})
+	_, port1, _ := net.SplitHostPort(mx1.Addr())
+	// Both exchangers must listen on the MX port: put mx2 on 127.0.0.2.
+	mx2.Stop()
+	mx2b, err := smtptest.New(&smtptest.Options{Domain: "mx2.example.com", Addr: "127.0.0.2:" + port1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mx2b.Start(); err != nil {
+		t.Skipf("cannot listen on 127.0.0.2:%s: %v", port1, err)
+	}
+	t.Cleanup(func() { mx2b.Stop() })
+
+	dns := dnstest.Start(t)
+	dns.AddSOA("example.com", 60, 60)
+	dns.AddMX("example.com", 60, 10, "mx1.example.com")
+	dns.AddMX("example.com", 60, 20, "mx2.example.com")
+	dns.AddA("mx1.example.com", 60, "127.0.0.1")
+	dns.AddA("mx2.example.com", 60, "127.0.0.2")
+	dns.AddSOA("nx.example", 60, 60)
+	dns.SetFault("nx.example", 0, dnstest.NXDomain)
+
+	port, _ := strconv.Atoi(port1)
+	so := testSMTP()
+	so.MXPort = port
+	resolver := mxresolve.New(&mxresolve.Options{Nameservers: []string{dns.Addr()}, Timeout: 2 * time.Second, AddressPolicy: mxresolve.IPv4Only})
+	notices := make(chan *queue.Notice, 4)
+	ro := testRunner()
+	ro.NoDSN = true
+	ro.OnNotice = func(_ context.Context, n *queue.Notice) error {
+		notices <- n
+		return nil
+	}
+	m := open(t, &Options{Resolver: resolver, SMTP: so, Dir: t.TempDir(), Runner: ro})
+	send(t, m, "bob@example.com")
+	if _, err := mx1.WaitMessages(waitCtx(t), 1); err != nil {
+		t.Fatal(err)
+	}
+	mx1.Stop()
+	send(t, m, "carol@example.com", "dave@nx.example")
+	msgs, err := mx2b.WaitMessages(waitCtx(t), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs[0].Rcpts) != 1 || msgs[0].Rcpts[0].Addr != "carol@example.com" {
+		t.Fatalf("backup MX got %+v", msgs[0].Rcpts)
+	}
+	select {
+	case n := <-notices:
+		r := n.Recipients[0]
+		if r.Address != "dave@nx.example" || r.Status != queue.StatusFailed || r.Reply.Enhanced != "5.1.2" {
+			t.Fatalf("NXDOMAIN notice: %+v", r)
+		}
+	case <-waitCtx(t).Done():
+		t.Fatal("no notice for the non-existent domain")
+	}
+	waitEmpty(t, m.Store())
+}
+
+// TestUserHooksChained: the caller's own smtpclient hooks and runner hooks
+// still run when the Mailer adds its own.
+func TestUserHooksChained(t *testing.T) {
+	t.Parallel()
+	relay := smtptest.NewServer(t, nil)
+	var sessions, attempts atomic.Int32
+	so := testSMTP()
+	so.Hooks = &smtpclient.Hooks{AttemptDone: func(smtpclient.Attempt) { sessions.Add(1) }}
+	ro := testRunner()
+	ro.OnAttempt = func(*queue.Attempt) { attempts.Add(1) }
+	m := open(t, &Options{Relays: relayOf(relay), SMTP: so, Dir: t.TempDir(), Runner: ro, Metrics: newTestMetrics(t)})
+	send(t, m, "bob@example.com")
+	waitEmpty(t, m.Store())
+	if err := m.Shutdown(waitCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if sessions.Load() != 1 || attempts.Load() != 1 {
+		t.Fatalf("user hooks: %d sessions, %d attempts", sessions.Load(), attempts.Load())
+	}
+}
+
+func TestOpenRefusesBadOptions(t *testing.T) {
+	t.Parallel()
+	if _, err := Open(&Options{Dir: t.TempDir()}); !errors.Is(err, smtpclient.ErrNoRoute) {
+		t.Errorf("no route: %v", err)
+	}
+	if _, err := Open(&Options{Relays: []smtpclient.Relay{{Addr: "127.0.0.1:1"}}}); err == nil {
+		t.Error("no Dir and no Store: no error")
+	}
+	if _, err := Open(nil); err == nil {
+		t.Error("nil options: no error")
+	}
+}
+
+func newTestMetrics(t *testing.T) *metrics.Metrics {
+	t.Helper()
+	mt, err := metrics.New(prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mt
+}
