@@ -236,6 +236,14 @@ func (s *Store) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A server without JetStream leaves the API unanswered; ask the
+	// account first so that this reads as what it is.
+	if _, err := js.AccountInfo(ctx); err != nil {
+		if errors.Is(err, natsjs.ErrJetStreamNotEnabled) || errors.Is(err, natsjs.ErrJetStreamNotEnabledForAccount) {
+			return fmt.Errorf("%w: %v", ErrUnsupportedServer, err)
+		}
+		return fmt.Errorf("JetStream account: %w", err)
+	}
 	want := natsjs.StreamConfig{
 		Name:              s.opts.Stream,
 		Description:       "hamail mail queue",
