@@ -335,7 +335,9 @@ func (c *Client) getConn(ctx context.Context, t *target) (*pooled[*conn], Stage,
 			break
 		}
 		// RSET proves the idle session is alive and clears any state
-		// (RFC 5321 §4.1.1.5); a failure just means it went stale.
+		// (RFC 5321 §4.1.1.5); a failure just means it went stale. With
+		// PIPELINING it travels with the transaction, and transactOnce
+		// handles a stale session.
 		if err := c.tr.reset(ctx, pc.c); err == nil {
 			return pc, StageNone, nil
 		} else {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -234,5 +235,37 @@ func TestSTARTTLSStrippedUnderVerify(t *testing.T) {
 	}
 	if n := c.Stats().Hosts["primary"].Open; n != 0 {
 		t.Fatalf("%d connections kept to a host that failed the TLS policy", n)
+	}
+}
+
+// TestPooledConnectionClosedWhileIdle: the server closed a pooled
+// connection while it sat idle (a server's own idle timeout). The next Send
+// finds out at RSET, pipelined with the transaction or not, and reconnects
+// once without the caller noticing; nothing is delivered twice.
+func TestPooledConnectionClosedWhileIdle(t *testing.T) {
+	t.Parallel()
+	for _, pipelining := range []bool{true, false} {
+		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
+			t.Parallel()
+			caps := smtptest.DefaultCapabilities()
+			caps.Pipelining = pipelining
+			a := server(t, &caps)
+			c := newTestClient(t, &Options{Relays: []Relay{{Name: "a", Addr: a.Addr()}}, Pool: PoolOptions{IdleTimeout: time.Minute}})
+			mustSend(t, c, testMessage("bob@example.com"))
+			a.CloseConnections()
+			if err := a.WaitIdle(testCtx(t)); err != nil {
+				t.Fatal(err)
+			}
+			rr := mustSend(t, c, testMessage("carol@example.com")).Recipients[0]
+			if rr.Outcome != Delivered || rr.Attempts != 1 {
+				t.Fatalf("%+v", rr)
+			}
+			if s := c.Stats().Hosts["a"]; s.Dials != 2 || s.Reuses != 1 {
+				t.Fatalf("pool %+v, want a reuse that failed and one new connection", s)
+			}
+			if msgs := a.Messages(); len(msgs) != 2 || msgs[1].Rcpts[0].Addr != "carol@example.com" {
+				t.Fatalf("%d messages", len(msgs))
+			}
+		})
 	}
 }

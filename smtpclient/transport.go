@@ -34,6 +34,8 @@ type transport interface {
 	dial(ctx context.Context, t *target) (*conn, Stage, error)
 	// transact runs MAIL, RCPT for each recipient, DATA and the body.
 	transact(ctx context.Context, cn *conn, t *target, env *envelope, rcpts []parsedRecipient) *txReport
-	// reset sends RSET.
+	// reset sends RSET on a reused session, or arranges for it to lead the
+	// next transaction (pipelined); a failure then shows in transact as a
+	// broken transaction before any recipient was accepted.
 	reset(ctx context.Context, cn *conn) error
 }

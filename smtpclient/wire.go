@@ -125,7 +125,16 @@ func hasWord(list, w string) bool {
 }
 
 func (wt wireTransport) reset(ctx context.Context, cn *conn) error {
-	return cn.w.(*smtpwire.Conn).Reset(ctx)
+	w := cn.w.(*smtpwire.Conn)
+	if _, ok := w.Extension("PIPELINING"); ok {
+		// RSET may lead a pipelined group (RFC 2920 §3.1), saving a round
+		// trip per reused session. Its reply is read before MAIL's, so a
+		// connection that died while idle fails there, before anything of
+		// the transaction can count, and transactOnce reconnects once.
+		w.ResetNext()
+		return nil
+	}
+	return w.Reset(ctx)
 }
 
 func (wt wireTransport) transact(ctx context.Context, cn *conn, t *target, env *envelope, batch []parsedRecipient) *txReport {

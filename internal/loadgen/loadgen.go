@@ -1,6 +1,8 @@
 // Package loadgen sends a stream of generated messages over a fixed number
 // of reused SMTP connections with internal/smtpwire, to measure the
-// throughput of the wire layer against a sink such as Postfix's smtp-sink.
+// throughput of the wire layer against a sink such as Postfix's smtp-sink;
+// with Config.Client it sends through smtpclient.Client instead, measuring
+// what an importer of the library gets (pool, breaker, classification).
 // The program is in cmd/loadgen; compare.sh runs it side by side with
 // Postfix's smtp-source.
 //
@@ -24,6 +26,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/hamail/hamail/internal/smtpwire"
+	"github.com/hamail/hamail/smtpclient"
 )
 
 // Config describes a run. Zero fields take the defaults noted.
@@ -40,7 +43,11 @@ type Config struct {
 	Reset ResetMode
 	// GoSMTP uses go-smtp's client instead of smtpwire, as a baseline
 	// (lockstep, no context; RSET makes it send EHLO again).
-	GoSMTP    bool
+	GoSMTP bool
+	// Client sends through an smtpclient.Client with one relay (Addr) and
+	// a pool of Conns connections: Conns goroutines call Send in a loop.
+	// Reset is then the client's business.
+	Client    bool
 	LocalName string // EHLO name; default "loadgen.example.org"
 	From      string // default "loadgen@example.org"
 	To        string // default "sink@example.net"
@@ -127,6 +134,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		cfg.Dialer = &net.Dialer{Timeout: 30 * time.Second}
 	}
 	body := Body(cfg.Size)
+	if cfg.Client {
+		return runClient(ctx, cfg, body)
+	}
 	rcpts := []smtpwire.Recipient{{Addr: cfg.To}}
 
 	var (
@@ -247,4 +257,55 @@ func runGoSMTP(nc net.Conn, cfg Config, body []byte, next, sent, failed *atomic.
 		sent.Add(1)
 	}
 	c.Quit()
+}
+
+// runClient sends through smtpclient.Client: Conns goroutines share one
+// client whose pool holds at most Conns connections to the relay.
+func runClient(ctx context.Context, cfg Config, body []byte) (Result, error) {
+	c, err := smtpclient.New(&smtpclient.Options{
+		LocalName: cfg.LocalName,
+		Relays:    []smtpclient.Relay{{Name: "sink", Addr: cfg.Addr, TLS: smtpclient.TLSNone}},
+		Dialer:    cfg.Dialer,
+		Pool:      smtpclient.PoolOptions{MaxPerHost: cfg.Conns, IdleTimeout: time.Minute},
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	defer c.Close()
+	r := bytes.NewReader(body)
+	var (
+		next         atomic.Int64
+		sent, failed atomic.Int64
+		errOnce      sync.Once
+		firstErr     error
+		wg           sync.WaitGroup
+		start        = time.Now()
+	)
+	setErr := func(err error) { errOnce.Do(func() { firstErr = err }) }
+	for range cfg.Conns {
+		wg.Go(func() {
+			for next.Add(1) <= int64(cfg.Messages) && ctx.Err() == nil {
+				m := &smtpclient.Message{From: cfg.From, To: []smtpclient.Recipient{{Addr: cfg.To}}, Body: r, Size: int64(len(body))}
+				res, err := c.Send(ctx, m)
+				if err == nil && res.Recipients[0].Outcome != smtpclient.Delivered {
+					err = res.Recipients[0].Err
+				}
+				if err != nil {
+					failed.Add(1)
+					setErr(err)
+					continue
+				}
+				sent.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	res := Result{Sent: int(sent.Load()), Failed: int(failed.Load()), Elapsed: time.Since(start), FirstErr: firstErr}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	if res.Sent == 0 && firstErr != nil {
+		return res, fmt.Errorf("loadgen: %w", firstErr)
+	}
+	return res, nil
 }

@@ -105,15 +105,64 @@ func TestBodySize(t *testing.T) {
 }
 
 // BenchmarkRun sends b.N 2 KB messages over 16 reused connections to the
-// in-process server. compare.sh measures against Postfix's smtp-sink and
+// in-process server: go-smtp's client (the baseline), smtpwire, and
+// smtpclient.Client. compare.sh measures against Postfix's smtp-sink and
 // smtp-source instead.
 func BenchmarkRun(b *testing.B) {
-	s := smtptest.NewServer(b, &smtptest.Options{DiscardBodies: true})
-	b.ReportAllocs()
-	b.ResetTimer()
-	res, err := Run(context.Background(), Config{Addr: s.Addr(), Conns: 16, Messages: b.N, Size: 2048})
-	if err != nil || res.Failed > 0 {
-		b.Fatal(err, res.FirstErr)
+	for _, bc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"gosmtp", Config{GoSMTP: true, Reset: ResetNone}},
+		{"smtpwire", Config{}},
+		{"smtpclient", Config{Client: true}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			s := smtptest.NewServer(b, &smtptest.Options{DiscardBodies: true})
+			cfg := bc.cfg
+			cfg.Addr, cfg.Conns, cfg.Messages, cfg.Size = s.Addr(), 16, b.N, 2048
+			b.ReportAllocs()
+			b.ResetTimer()
+			res, err := Run(context.Background(), cfg)
+			if err != nil || res.Failed > 0 {
+				b.Fatal(err, res.FirstErr)
+			}
+			b.ReportMetric(res.Rate(), "msgs/s")
+		})
 	}
-	b.ReportMetric(res.Rate(), "msgs/s")
+}
+
+func TestRunThroughClient(t *testing.T) {
+	t.Parallel()
+	s := smtptest.NewServer(t, &smtptest.Options{DiscardBodies: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := Run(ctx, Config{Addr: s.Addr(), Conns: 4, Messages: 200, Size: 1000, Client: true})
+	if err != nil || res.Sent != 200 || res.Failed != 0 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	msgs, err := s.WaitMessages(ctx, 200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		if m.Size != 1000 || !m.Pipelined {
+			t.Fatalf("message size %d pipelined %v", m.Size, m.Pipelined)
+		}
+	}
+	if st := s.Stats(); st.Connections > 4 || st.Messages != 200 {
+		t.Errorf("pool not capped at 4 connections or messages lost: %+v", st)
+	}
+
+	// No server: every message fails and the run says why.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	res, err = Run(ctx, Config{Addr: addr, Conns: 2, Messages: 10, Client: true})
+	if err == nil || res.Sent != 0 || res.Failed != 10 {
+		t.Fatalf("%+v %v", res, err)
+	}
 }

@@ -1,7 +1,7 @@
 // Command loadgen sends generated messages to an SMTP server over reused
 // connections and prints the throughput.
 //
-//	loadgen -addr 127.0.0.1:2525 -c 16 -m 20000 -s 2048 [-rset pipelined|lockstep|none]
+//	loadgen -addr 127.0.0.1:2525 -c 16 -m 20000 -s 2048 [-rset pipelined|lockstep|none] [-client]
 package main
 
 import (
@@ -22,6 +22,7 @@ func main() {
 	flag.IntVar(&cfg.Size, "s", 2048, "message size in bytes")
 	rset := flag.String("rset", string(loadgen.ResetPipelined), "RSET between messages: pipelined (with the next MAIL), lockstep, or none")
 	flag.BoolVar(&cfg.GoSMTP, "gosmtp", false, "use go-smtp's client instead of smtpwire (baseline)")
+	flag.BoolVar(&cfg.Client, "client", false, "send through smtpclient.Client (pool of -c connections) instead of smtpwire")
 	quiet := flag.Bool("q", false, "print only the messages per second")
 	flag.Parse()
 	cfg.Reset = loadgen.ResetMode(*rset)
