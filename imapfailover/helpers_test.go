@@ -46,10 +46,11 @@ func newTestPool(t *testing.T, s *imaptest.Set, mod func(*Options)) *Pool {
 
 // recorder is a Handler that counts deliveries per Message-ID.
 type recorder struct {
-	mu    sync.Mutex
-	seen  map[string]int
-	order []string
-	ch    chan string
+	mu      sync.Mutex
+	seen    map[string]int
+	order   []string
+	replica string // the replica of the last delivery
+	ch      chan string
 }
 
 func newRecorder() *recorder {
@@ -61,6 +62,7 @@ func (r *recorder) handle(_ context.Context, m *Message) error {
 	r.mu.Lock()
 	r.seen[id]++
 	r.order = append(r.order, id)
+	r.replica = m.Replica
 	r.mu.Unlock()
 	r.ch <- id
 	return nil
@@ -70,6 +72,12 @@ func (r *recorder) count(id string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.seen[id]
+}
+
+func (r *recorder) lastReplica() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.replica
 }
 
 func (r *recorder) total() int {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -461,6 +462,8 @@ func (m *Mailbox) resync(ctx context.Context, c *Conn, h Handler) (*SyncReport, 
 	// A message that disappeared and reappears under a new UID in the same
 	// resync (a replica renumbering after a UID conflict) is the same
 	// message, not a new one.
+	// So is a message handled before a UIDVALIDITY remap that did not find
+	// it, arriving now that this replica caught up.
 	goneFP := map[uint64]int{}
 	for _, uid := range gone {
 		goneFP[st.Messages[uid].Fingerprint]++
@@ -472,6 +475,12 @@ func (m *Mailbox) resync(ctx context.Context, c *Conn, h Handler) (*SyncReport, 
 		}
 		if goneFP[id.fp] > 0 {
 			goneFP[id.fp]--
+			st.Messages[id.uid] = KnownMessage{Fingerprint: id.fp, Flags: id.flags}
+			rep.Remapped++
+			continue
+		}
+		if i := slices.Index(st.Missing, id.fp); i >= 0 {
+			st.Missing = slices.Delete(st.Missing, i, i+1)
 			st.Messages[id.uid] = KnownMessage{Fingerprint: id.fp, Flags: id.flags}
 			rep.Remapped++
 			continue
@@ -564,6 +573,9 @@ func (m *Mailbox) flagChanges(ctx context.Context, c *Conn, since uint64, next i
 
 // remap handles a new UIDVALIDITY: the known messages are found again by
 // fingerprint under their new UIDs, and only the others are delivered.
+// Known messages not found are remembered in Missing: this replica may lag
+// behind the one they were handled on, and they must not be handed out
+// again when it, or the replica that has them, is used later.
 func (m *Mailbox) remap(ctx context.Context, c *Conn, h Handler, rep *SyncReport, sel *imap.SelectData, track, condstore bool) error {
 	st := m.st
 	next := sel.UIDNext
@@ -579,6 +591,9 @@ func (m *Mailbox) remap(ctx context.Context, c *Conn, h Handler, rep *SyncReport
 	for _, k := range st.Messages {
 		oldFP[k.Fingerprint]++
 	}
+	for _, fp := range st.Missing {
+		oldFP[fp]++
+	}
 	known := make(map[imap.UID]KnownMessage, len(ids))
 	var pending []imap.UID
 	for _, id := range ids {
@@ -590,11 +605,30 @@ func (m *Mailbox) remap(ctx context.Context, c *Conn, h Handler, rep *SyncReport
 		}
 		pending = append(pending, id.uid)
 	}
+	// What was not found stays missing: the older entries first, then the
+	// known messages by old UID.
+	var missing []uint64
+	for _, fp := range st.Missing {
+		if oldFP[fp] > 0 {
+			oldFP[fp]--
+			missing = append(missing, fp)
+		}
+	}
+	for _, uid := range slices.Sorted(maps.Keys(st.Messages)) {
+		if fp := st.Messages[uid].Fingerprint; oldFP[fp] > 0 {
+			oldFP[fp]--
+			missing = append(missing, fp)
+		}
+	}
+	if n := len(missing) - maxMissing; n > 0 {
+		missing = missing[n:]
+	}
 	m.pool.opts.Logger.Info("imap UIDVALIDITY changed", "mailbox", m.name, "replica", c.Replica(),
 		"old", st.UIDValidity, "new", sel.UIDValidity, "remapped", rep.Remapped, "new_messages", len(pending))
 	rep.UIDValidityChanged = true
 	st.UIDValidity = sel.UIDValidity
 	st.Messages = known
+	st.Missing = missing
 	clear(st.ModSeq)
 	if condstore {
 		st.ModSeq[c.Replica()] = sel.HighestModSeq

@@ -35,7 +35,17 @@ type MailboxState struct {
 	ModSeq map[string]uint64
 	// Messages known by UID.
 	Messages map[imap.UID]KnownMessage
+	// Missing holds the fingerprints of handled messages that the last
+	// UIDVALIDITY remaps did not find. The replica remapped onto may lag
+	// behind the one they were handled on, so when they appear (on another
+	// replica, or later on this one) they are recognised rather than
+	// handed out again. Oldest first, at most maxMissing.
+	Missing []uint64
 }
+
+// maxMissing bounds MailboxState.Missing; beyond it the oldest are
+// forgotten (a message missing through that many remaps is gone).
+const maxMissing = 10000
 
 // KnownMessage is what is remembered of one message.
 type KnownMessage struct {
@@ -54,6 +64,7 @@ func (s *MailboxState) Clone() *MailboxState {
 	}
 	c := *s
 	c.ModSeq = maps.Clone(s.ModSeq)
+	c.Missing = slices.Clone(s.Missing)
 	c.Messages = make(map[imap.UID]KnownMessage, len(s.Messages))
 	for uid, m := range s.Messages {
 		m.Flags = slices.Clone(m.Flags)
@@ -202,6 +213,8 @@ type stateFile struct {
 	// Messages: [uid, "fingerprint in hex", "flags separated by spaces"]
 	// with the flags element present only when flags are kept.
 	Messages [][]any `json:"messages"`
+	// Missing: fingerprints in hex.
+	Missing []string `json:"missing,omitempty"`
 }
 
 // ErrBadState reports a state file that cannot be decoded.
@@ -224,6 +237,9 @@ func EncodeState(st *MailboxState) ([]byte, error) {
 		}
 		f.Messages = append(f.Messages, row)
 	}
+	for _, fp := range st.Missing {
+		f.Missing = append(f.Missing, strconv.FormatUint(fp, 16))
+	}
 	return json.MarshalIndent(f, "", "\t")
 }
 
@@ -237,6 +253,7 @@ func DecodeState(b []byte) (*MailboxState, error) {
 		LastUID     uint32            `json:"last_uid"`
 		ModSeq      map[string]uint64 `json:"modseq"`
 		Messages    []json.RawMessage `json:"messages"`
+		Missing     []string          `json:"missing"`
 	}
 	if err := json.Unmarshal(b, &f); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadState, err)
@@ -280,6 +297,16 @@ func DecodeState(b []byte) (*MailboxState, error) {
 			return nil, fmt.Errorf("%w: UID %d twice", ErrBadState, uid)
 		}
 		st.Messages[imap.UID(uid)] = m
+	}
+	if len(f.Missing) > maxMissing {
+		return nil, fmt.Errorf("%w: %d missing fingerprints", ErrBadState, len(f.Missing))
+	}
+	for i, fp := range f.Missing {
+		n, err := strconv.ParseUint(fp, 16, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%w: missing %d: bad fingerprint", ErrBadState, i)
+		}
+		st.Missing = append(st.Missing, n)
 	}
 	return st, nil
 }

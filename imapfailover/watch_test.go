@@ -115,21 +115,38 @@ func TestWatchFailoverOnKill(t *testing.T) {
 	}
 	const rounds = 20
 	n := 0
-	for round := range rounds {
+	moved := 0
+	for range rounds {
 		// Messages keep arriving on every replica, the active one included.
 		n++
 		appendN(t, s, n, n)
 		rec.waitFor(t, n, 10*time.Second)
-		victim := s.Replica(round % 3)
+		// Kill the replica Watch is reading from: the one that delivered
+		// the last message.
+		active := rec.lastReplica()
+		var victim *imaptest.Replica
+		for _, r := range s.Replicas() {
+			if r.Name() == active {
+				victim = r
+			}
+		}
 		if err := victim.Stop(); err != nil {
 			t.Fatal(err)
 		}
-		n++
-		appendN(t, s, n, n)
+		// Two arrive while it is down (they reach it too, as replication
+		// would once it is back).
+		appendN(t, s, n+1, n+2)
+		n += 2
 		rec.waitFor(t, n, 10*time.Second)
+		if rec.lastReplica() != active {
+			moved++
+		}
 		if err := victim.Start(); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if moved != rounds {
+		t.Errorf("Watch moved to another replica %d times in %d kills", moved, rounds)
 	}
 	if err := stop(); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Watch returned %v", err)

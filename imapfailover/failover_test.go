@@ -1,0 +1,134 @@
+package imapfailover
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+
+	"github.com/hamail/hamail/internal/imaptest"
+)
+
+// A replica rebuilt with a new UIDVALIDITY that also lags behind: moving
+// onto it, back to the replica that has everything, and back again must
+// neither hand out a message twice nor miss one.
+func TestUIDValidityChangeOnLaggingReplica(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, nil)
+	appendN(t, s, 1, 3)
+	p := newTestPool(t, s, nil)
+	mb := p.Mailbox("INBOX", &MailboxOptions{DeliverExisting: true})
+	rec := newRecorder()
+	sync := func(wantReplica string, wantDelivered int) *SyncReport {
+		t.Helper()
+		rep, err := mb.Sync(t.Context(), rec.handle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Replica != wantReplica || rep.Delivered != wantDelivered {
+			t.Fatalf("report %+v, want %d delivered from %s", rep, wantDelivered, wantReplica)
+		}
+		return rep
+	}
+	sync("imap1", 3)
+	// 4 and 5 reach imap1 only; imap2 is rebuilt meanwhile.
+	appendN(t, s, 4, 5, 0)
+	sync("imap1", 2)
+	if _, err := s.ResetUIDValidity("INBOX", 1); err != nil {
+		t.Fatal(err)
+	}
+	stop := func(i int) {
+		t.Helper()
+		if err := s.Replica(i).Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := func(i int) {
+		t.Helper()
+		if err := s.Replica(i).Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	stop(0)
+	if rep := sync("imap2", 0); !rep.UIDValidityChanged || rep.Remapped != 3 {
+		t.Fatalf("onto the rebuilt replica: %+v", rep)
+	}
+	if st := waitState(t, mb); len(st.Missing) != 2 {
+		t.Fatalf("missing %v, want the fingerprints of 4 and 5", st.Missing)
+	}
+	// 6 arrives on imap2 only, while imap1 is down.
+	appendN(t, s, 6, 6, 1)
+	sync("imap2", 1)
+
+	start(0)
+	stop(1)
+	if rep := sync("imap1", 0); !rep.UIDValidityChanged || rep.Remapped != 5 {
+		t.Fatalf("back onto the first replica: %+v", rep)
+	}
+	// 6 reaches imap1 by replication: already handled.
+	appendN(t, s, 6, 6, 0)
+	if rep := sync("imap1", 0); rep.Remapped != 1 {
+		t.Fatalf("after 6 replicated: %+v", rep)
+	}
+	appendN(t, s, 7, 7, 0)
+	appendN(t, s, 7, 7, 1)
+	sync("imap1", 1)
+
+	start(1)
+	stop(0)
+	if rep := sync("imap2", 0); !rep.UIDValidityChanged || rep.Remapped != 5 {
+		t.Fatalf("onto the rebuilt replica again: %+v", rep)
+	}
+	appendN(t, s, 8, 8, 1)
+	sync("imap2", 1)
+	rec.assertExactlyOnce(t, 1, 8)
+}
+
+// Watch must not take a replica that lacks messages already handled (it
+// cannot tell an expunge from a message not yet replicated) while a
+// better one is up, and must follow it without repeating anything when
+// it is the only one left.
+func TestWatchSkipsLaggingReplica(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, &imaptest.Options{Replicas: 3})
+	p := newTestPool(t, s, nil)
+	var expunged int
+	mb := p.Mailbox("INBOX", &MailboxOptions{OnExpunge: func(_ context.Context, _ uint32, uids []imap.UID) error {
+		expunged += len(uids)
+		return nil
+	}})
+	rec := newRecorder()
+	stop := runWatch(t, mb, rec.handle)
+	waitState(t, mb)
+	appendN(t, s, 1, 2)
+	appendN(t, s, 3, 4, 0, 2) // imap2 lags
+	rec.waitFor(t, 4, 10*time.Second)
+	if err := s.Replica(0).Stop(); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, 5, 5, 0, 2)
+	rec.waitFor(t, 5, 10*time.Second)
+	if r := rec.lastReplica(); r != "imap3" {
+		t.Fatalf("message 5 read from %s, want imap3 (imap2 lags)", r)
+	}
+	if err := s.Replica(2).Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// Only the lagging replica is left; it catches up, then 6 arrives.
+	appendN(t, s, 3, 5, 1)
+	appendN(t, s, 6, 6)
+	rec.waitFor(t, 6, 10*time.Second)
+	if r := rec.lastReplica(); r != "imap2" {
+		t.Fatalf("message 6 read from %s, want imap2", r)
+	}
+	if err := stop(); !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	rec.assertExactlyOnce(t, 1, 6)
+	if expunged != 0 {
+		t.Fatalf("%d messages reported expunged", expunged)
+	}
+}
