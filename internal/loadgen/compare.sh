@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Postfix's smtp-source and our loadgen against the same smtp-sink, in
 # alternating rounds, and prints messages per second and the ratio
-# loadgen / smtp-source (above 1 means loadgen is faster).
+# loadgen / smtp-source (above 1 means loadgen is faster), for
+# smtpclient.Client and for the wire layer alone.
 #
 #   internal/loadgen/compare.sh [rounds] [connections] [messages] [size]
 #
@@ -70,28 +71,29 @@ rate() {
 }
 
 echo "smtp-sink on $addr; $conns connections, $msgs messages of $size bytes, $rounds rounds"
-# Columns: smtp-source; loadgen with RSET between messages pipelined with
-# the next MAIL (the default), with RSET in lockstep, and without RSET
-# (like smtp-source, which sends none); loadgen on go-smtp's client without
-# RSET; then each loadgen rate divided by smtp-source's.
-printf "%-6s %12s %12s %12s %12s %12s %8s %8s %8s %8s\n" round smtp-source "lg rset-pipe" "lg rset-lock" "lg no-rset" "go-smtp" ratio "r-lock" "r-none" "r-gosmtp"
-ratios=() ratios_lock=() ratios_none=() ratios_gosmtp=()
+# Columns: smtp-source; smtpclient.Client (what an importer gets: pool,
+# RSET pipelined with the next transaction when offered); loadgen on
+# smtpwire with RSET pipelined, in lockstep, and without RSET (like
+# smtp-source, which sends none); loadgen on go-smtp's client without RSET;
+# then each rate divided by smtp-source's.
+printf "%-6s %12s %12s %12s %12s %12s %12s %8s %8s %8s %8s %8s\n" round smtp-source client "wire pipe" "wire lock" "wire none" go-smtp r-client r-pipe r-lock r-none r-gosmtp
+r_client=() r_pipe=() r_lock=() r_none=() r_gosmtp=()
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-lg() { rate "$work/loadgen" -q -rset "$@" -addr "$addr" -c "$conns" -m "$msgs" -s "$size"; }
+lg() { rate "$work/loadgen" -q "$@" -addr "$addr" -c "$conns" -m "$msgs" -s "$size"; }
+src_run() { rate "$source_bin" -d -s "$conns" -m "$msgs" -l "$size" "$addr"; }
 for r in $(seq 1 "$rounds"); do
 	# Alternate the order so that neither side always runs on a warmer machine.
 	if ((r % 2)); then
-		src=$(rate "$source_bin" -d -s "$conns" -m "$msgs" -l "$size" "$addr")
-		pipe=$(lg pipelined) lock=$(lg lockstep) none=$(lg none) gosmtp=$(lg none -gosmtp)
+		src=$(src_run) client=$(lg -client) pipe=$(lg -rset pipelined) lock=$(lg -rset lockstep) none=$(lg -rset none) gosmtp=$(lg -rset none -gosmtp)
 	else
-		gosmtp=$(lg none -gosmtp) none=$(lg none) lock=$(lg lockstep) pipe=$(lg pipelined)
-		src=$(rate "$source_bin" -d -s "$conns" -m "$msgs" -l "$size" "$addr")
+		gosmtp=$(lg -rset none -gosmtp) none=$(lg -rset none) lock=$(lg -rset lockstep) pipe=$(lg -rset pipelined) client=$(lg -client) src=$(src_run)
 	fi
-	ratios+=("$(ratio "$pipe" "$src")")
-	ratios_lock+=("$(ratio "$lock" "$src")")
-	ratios_none+=("$(ratio "$none" "$src")")
-	ratios_gosmtp+=("$(ratio "$gosmtp" "$src")")
-	printf "%-6s %12s %12s %12s %12s %12s %8s %8s %8s %8s\n" "$r" "$src" "$pipe" "$lock" "$none" "$gosmtp" "${ratios[-1]}" "${ratios_lock[-1]}" "${ratios_none[-1]}" "${ratios_gosmtp[-1]}"
+	r_client+=("$(ratio "$client" "$src")")
+	r_pipe+=("$(ratio "$pipe" "$src")")
+	r_lock+=("$(ratio "$lock" "$src")")
+	r_none+=("$(ratio "$none" "$src")")
+	r_gosmtp+=("$(ratio "$gosmtp" "$src")")
+	printf "%-6s %12s %12s %12s %12s %12s %12s %8s %8s %8s %8s %8s\n" "$r" "$src" "$client" "$pipe" "$lock" "$none" "$gosmtp" "${r_client[-1]}" "${r_pipe[-1]}" "${r_lock[-1]}" "${r_none[-1]}" "${r_gosmtp[-1]}"
 done
 median() { printf "%s\n" "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-echo "median ratio loadgen/smtp-source: $(median "${ratios[@]}") with RSET pipelined; $(median "${ratios_lock[@]}") with RSET in lockstep; $(median "${ratios_none[@]}") without RSET; go-smtp's client without RSET: $(median "${ratios_gosmtp[@]}")"
+echo "median ratio to smtp-source: smtpclient.Client $(median "${r_client[@]}"); smtpwire with RSET pipelined $(median "${r_pipe[@]}"), in lockstep $(median "${r_lock[@]}"), without RSET $(median "${r_none[@]}"); go-smtp's client without RSET $(median "${r_gosmtp[@]}")"
