@@ -37,6 +37,8 @@
 //	hamail_imap_connections_total{replica,result}       connection attempts: ok, error
 //	hamail_imap_failovers_total{from,to}
 //	hamail_imap_resync_duration_seconds{replica}        histogram
+//	hamail_imap_resync_messages_total{replica,kind}     delivered, remapped, expunged, flags_changed
+//	hamail_imap_uidvalidity_changes_total{replica}
 //
 // The delivery success rate is the share of recipient attempts that ended
 // delivered:

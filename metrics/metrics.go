@@ -67,9 +67,11 @@ type Metrics struct {
 	healthProbeDu *prometheus.HistogramVec
 	healthReports *prometheus.CounterVec
 
-	imapConnections *prometheus.CounterVec
-	imapFailovers   *prometheus.CounterVec
-	imapResync      *prometheus.HistogramVec
+	imapConnections    *prometheus.CounterVec
+	imapFailovers      *prometheus.CounterVec
+	imapResync         *prometheus.HistogramVec
+	imapResyncMessages *prometheus.CounterVec
+	imapUIDValidity    *prometheus.CounterVec
 
 	queues *queueCollector
 }
@@ -142,7 +144,9 @@ func New(reg prometheus.Registerer, o *Options) (*Metrics, error) {
 
 	m.imapConnections = counter("imap", "connections_total", "IMAP connection attempts (connect, TLS, login) by replica and result: ok, error.", "replica", "result")
 	m.imapFailovers = counter("imap", "failovers_total", "Moves of a mailbox reader from one replica to another.", "from", "to")
-	m.imapResync = histogram("imap", "resync_duration_seconds", "Duration of mailbox resynchronisations after a connect or failover, by replica.", durationBuckets, "replica")
+	m.imapResync = histogram("imap", "resync_duration_seconds", "Duration of mailbox resyncs (at start, after every reconnect and announced change), by replica.", durationBuckets, "replica")
+	m.imapResyncMessages = counter("imap", "resync_messages_total", "Messages a resync found, by replica and kind: delivered (new, handed to the reader), remapped (found again under a new UIDVALIDITY), expunged, flags_changed.", "replica", "kind")
+	m.imapUIDValidity = counter("imap", "uidvalidity_changes_total", "Resyncs that found the mailbox's UIDVALIDITY changed (RFC 3501 §2.3.1.1), by replica.", "replica")
 
 	m.queues = newQueueCollector(m)
 
@@ -150,7 +154,7 @@ func New(reg prometheus.Registerer, o *Options) (*Metrics, error) {
 		m.smtpSessions, m.smtpSessionDur, m.smtpConnections, m.smtpSkipped, m.smtpReplies, m.breakerState, m.breakerTrips,
 		m.deliveryAttempts, m.deliveryRecipients, m.deliveryDur, m.notices,
 		m.healthState, m.healthChanges, m.healthProbes, m.healthProbeDu, m.healthReports,
-		m.imapConnections, m.imapFailovers, m.imapResync,
+		m.imapConnections, m.imapFailovers, m.imapResync, m.imapResyncMessages, m.imapUIDValidity,
 		m.queues,
 	} {
 		if err := reg.Register(c); err != nil {
