@@ -19,12 +19,15 @@ type reader struct {
 	byReplica map[string]int
 	last      string // replica of the last message read
 	changed   chan struct{}
+	// moved, when set, is told when messages start coming from another
+	// replica: a failover, or the move back to a better one.
+	moved func(from, to string)
 
 	wire wireCounter
 }
 
-func newReader() *reader {
-	return &reader{seen: map[string]int{}, byReplica: map[string]int{}, changed: make(chan struct{}, 1)}
+func newReader(moved func(from, to string)) *reader {
+	return &reader{seen: map[string]int{}, byReplica: map[string]int{}, changed: make(chan struct{}, 1), moved: moved}
 }
 
 func (r *reader) handle(_ context.Context, m *imapfailover.Message) error {
@@ -35,8 +38,12 @@ func (r *reader) handle(_ context.Context, m *imapfailover.Message) error {
 	r.mu.Lock()
 	r.seen[id]++
 	r.byReplica[m.Replica]++
+	last := r.last
 	r.last = m.Replica
 	r.mu.Unlock()
+	if last != "" && last != m.Replica && r.moved != nil {
+		r.moved(last, m.Replica)
+	}
 	select {
 	case r.changed <- struct{}{}:
 	default:
