@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -262,7 +263,7 @@ func (r *Runner) attempt(ctx context.Context, it *Item) {
 			d.Recipients = append(d.Recipients, rs[i].Recipient)
 		}
 		actx, cancel := context.WithTimeout(ctx, r.o.AttemptTimeout)
-		results, derr := r.deliverer.Deliver(actx, d)
+		results, derr := r.deliver(actx, d)
 		cancel()
 		_ = body.Close()
 		start := now
@@ -386,6 +387,20 @@ func (r *Runner) attempt(ctx context.Context, it *Item) {
 		return
 	}
 	r.record(wctx, log, it, Update{Recipients: rs, Attempts: attempts, LastError: lastErr, NextAttempt: noticeNext})
+}
+
+// deliver calls the Deliverer. A panic in it fails this attempt, not the
+// process: the recipients are retried, as after any error (the panic may
+// have come after the server took the message; a duplicate is preferred to
+// a loss).
+func (r *Runner) deliver(ctx context.Context, d *Delivery) (res []RecipientResult, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.Error("queue: deliverer panicked", "id", d.ID, "panic", p, "stack", string(debug.Stack()))
+			res, err = nil, fmt.Errorf("deliverer panicked: %v", p)
+		}
+	}()
+	return r.deliverer.Deliver(ctx, d)
 }
 
 func (r *Runner) record(ctx context.Context, log *slog.Logger, it *Item, u Update) bool {

@@ -61,17 +61,22 @@ func (f *fake) Deliver(ctx context.Context, d *queue.Delivery) ([]queue.Recipien
 	for _, r := range d.Recipients {
 		c.rcpts = append(c.rcpts, r.Address)
 	}
+	res, err := f.run(c)
+	f.seen <- c
+	return res, err
+}
+
+// run records c and calls answer; the lock is released even if answer
+// panics (TestRunnerDelivererPanic).
+func (f *fake) run(c call) ([]queue.RecipientResult, error) {
 	f.mu.Lock()
 	f.calls = append(f.calls, c)
 	if f.concurrent {
 		f.mu.Unlock()
+	} else {
+		defer f.mu.Unlock()
 	}
-	res, err := f.answer(c)
-	if !f.concurrent {
-		f.mu.Unlock()
-	}
-	f.seen <- c
-	return res, err
+	return f.answer(c)
 }
 
 func all(o queue.Outcome, n int, reply queue.Reply) []queue.RecipientResult {
@@ -680,4 +685,28 @@ func parseDSN(t *testing.T, raw string) dsnReport {
 		}
 	}
 	return r
+}
+
+func TestRunnerDelivererPanic(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := 0
+		w := start(t, newFake(func(c call) ([]queue.RecipientResult, error) {
+			n++
+			if n == 1 {
+				panic("nil map in the deliverer")
+			}
+			return all(queue.OutcomeDelivered, len(c.rcpts), ok250), nil
+		}), nil)
+		id := w.enqueue("alice@example.org", "bob@example.net")
+		synctest.Wait()
+		it, err := w.store.Inspect(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if it.Attempts != 1 || !strings.Contains(it.LastError, "panicked") {
+			t.Errorf("after a panic: attempts %d, last error %q", it.Attempts, it.LastError)
+		}
+		w.next() // the retry
+		w.drained()
+	})
 }
