@@ -3,9 +3,15 @@ package smtpwire
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 )
@@ -141,6 +147,85 @@ func FuzzDotWriter(f *testing.F) {
 		}
 		if got, want := unstuff(t, w), normalise(body); !bytes.Equal(got, want) {
 			t.Fatalf("body %q: unstuffed %q, want %q", body, got, want)
+		}
+	})
+}
+
+// FuzzTransaction: whatever a server answers to a mail transaction (after a
+// normal greeting and EHLO), Send ends, and what it reports never claims
+// more than the server said: a recipient counts as accepted only with a
+// 2xx RCPT reply, success needs 2xx to MAIL and after the final dot, and an
+// unknown outcome only arises once the final dot was sent.
+func FuzzTransaction(f *testing.F) {
+	for _, s := range []string{
+		"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n",
+		"250 ok\r\n550 5.1.1 no\r\n250 ok\r\n354 go\r\n250 queued\r\n",
+		"250 ok\r\n550 no\r\n550 no\r\n354 go\r\n554 no valid recipients\r\n",
+		"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+		"421 4.3.2 bye\r\n",
+		"250 ok\r\n250 ok\r\n452 4.5.3 too many\r\n451 4.3.0 later\r\n",
+		"250-ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n",
+		"550 5.7.1 refused\r\n503 bad sequence\r\n503 bad sequence\r\n503 bad sequence\r\n",
+		"250 ok\r\n250 ok\r\n250 ok\r\n250 not 354\r\n250 ok\r\n",
+	} {
+		f.Add(true, []byte(s))
+		f.Add(false, []byte(s))
+	}
+	f.Fuzz(func(t *testing.T, pipelining bool, script []byte) {
+		client, srv := net.Pipe()
+		ehlo := "250-mx.example.net\r\n250 SIZE\r\n"
+		if pipelining {
+			ehlo = "250-mx.example.net\r\n250-PIPELINING\r\n250 SIZE\r\n"
+		}
+		var wg sync.WaitGroup
+		wg.Go(func() { io.Copy(io.Discard, srv) })
+		wg.Go(func() {
+			srv.Write([]byte("220 mx.example.net ESMTP\r\n" + ehlo))
+			srv.Write(script)
+			srv.Close()
+		})
+		defer func() {
+			client.Close()
+			srv.Close()
+			wg.Wait()
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		short := 2 * time.Second
+		c, err := NewConn(ctx, client, &Options{Timeouts: Timeouts{Greeting: short, Hello: short, Mail: short,
+			Rcpt: short, DataInit: short, DataBlock: short, DataEnd: short, Reset: short, Quit: short}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Hello(ctx); err != nil {
+			t.Fatal(err)
+		}
+		res, err := c.Send(ctx, "s@example.org", nil, rcpts("a@example.net", "b@example.net"), strings.NewReader("Subject: x\r\n\r\nbody\r\n"))
+		if res == nil {
+			if err == nil {
+				t.Fatal("no result and no error")
+			}
+			return
+		}
+		accepted := 0
+		for _, r := range res.Rcpt {
+			if r.Err == nil && r.Reply != nil {
+				if r.Reply.Code/100 != 2 {
+					t.Fatalf("recipient accepted with %d", r.Reply.Code)
+				}
+				accepted++
+			}
+		}
+		if accepted != res.Accepted() {
+			t.Fatalf("Accepted() %d, counted %d", res.Accepted(), accepted)
+		}
+		if err == nil {
+			if res.Mail == nil || res.Mail.Code/100 != 2 || accepted == 0 || res.Final == nil || res.Final.Code/100 != 2 {
+				t.Fatalf("success without 2xx to MAIL, a recipient and the final dot: %+v", res)
+			}
+		}
+		if errors.Is(err, ErrUnknownAfterDot) && (res.BodyBytes == 0 || res.Final != nil || accepted == 0) {
+			t.Fatalf("unknown outcome before the final dot: %+v", res)
 		}
 	})
 }

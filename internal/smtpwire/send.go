@@ -313,7 +313,11 @@ func (tx *txState) run(mailCmd string, rcptCmds []string, body io.Reader) (*TxRe
 				case rep.Code/100 == 2:
 					accepted++
 				case rep.Positive():
-					return tx.fail(protocolErr("unexpected reply %d to RCPT", rep.Code))
+					// Not an acceptance: the recipient fails with the
+					// session, its odd reply kept for the record.
+					res, err := tx.fail(protocolErr("unexpected reply %d to RCPT", rep.Code))
+					r.Err = err
+					return res, err
 				default:
 					r.Err = rep.SMTPError()
 				}
