@@ -17,17 +17,13 @@ type reader struct {
 	mu        sync.Mutex
 	seen      map[string]int // Message-ID → times handed out
 	byReplica map[string]int
-	last      string // replica of the last message read
 	changed   chan struct{}
-	// moved, when set, is told when messages start coming from another
-	// replica: a failover, or the move back to a better one.
-	moved func(from, to string)
 
 	wire wireCounter
 }
 
-func newReader(moved func(from, to string)) *reader {
-	return &reader{seen: map[string]int{}, byReplica: map[string]int{}, changed: make(chan struct{}, 1), moved: moved}
+func newReader() *reader {
+	return &reader{seen: map[string]int{}, byReplica: map[string]int{}, changed: make(chan struct{}, 1)}
 }
 
 func (r *reader) handle(_ context.Context, m *imapfailover.Message) error {
@@ -38,12 +34,7 @@ func (r *reader) handle(_ context.Context, m *imapfailover.Message) error {
 	r.mu.Lock()
 	r.seen[id]++
 	r.byReplica[m.Replica]++
-	last := r.last
-	r.last = m.Replica
 	r.mu.Unlock()
-	if last != "" && last != m.Replica && r.moved != nil {
-		r.moved(last, m.Replica)
-	}
 	select {
 	case r.changed <- struct{}{}:
 	default:

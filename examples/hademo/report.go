@@ -27,11 +27,11 @@ func printTable(out io.Writer, w *world, r *Report) error {
 	row("breaker trips", sum(r.BreakerTrips), perHost(w, r.BreakerTrips))
 	row("IMAP failovers", r.IMAPFailovers, "the reader moved to another replica")
 	if len(r.Resyncs) == 0 {
-		row("resync cost", "-", "no resync after a failover")
+		row("resync cost", "-", "the reader never moved to another replica")
 	}
 	for _, s := range r.Resyncs {
-		row("resync cost", fmtDur(s.Took), fmt.Sprintf("after failover to %s: %d new message(s) fetched; %d commands sent, %d bytes received after login%s",
-			s.Replica, s.Fetched, s.Commands, s.BytesIn, lagNote(s.Lagging)))
+		row("resync cost", fmtDur(s.Took), fmt.Sprintf("after %s to %s: %d new message(s) fetched; %d commands sent, %d bytes received after login%s",
+			s.Move, s.Replica, s.Fetched, s.Commands, s.BytesIn, lagNote(s.Lagging)))
 	}
 	var rs []string
 	for _, k := range sortedKeys(r.ReadByReplica) {

@@ -58,9 +58,11 @@ type Event struct {
 	Kill bool
 }
 
-// Resync is one resynchronisation of the reader after a failover.
+// Resync is the first resynchronisation of the reader on a replica it
+// moved to.
 type Resync struct {
 	Replica  string
+	Move     string // "failover", or "failback" to a preferred replica
 	Took     time.Duration
 	Fetched  int // new messages fetched and handed out
 	Lagging  bool
@@ -133,8 +135,9 @@ type counters struct {
 	breakerTrips map[string]int
 	failovers    int
 	connectedAt  map[string]wireSnapshot // replica → reader traffic when its last connection opened
-	lastResync   map[string]Resync
-	resyncs      []Resync // those that followed a failover
+	firstResync  map[string]bool         // replica → its first resync since connecting is to come
+	current      string                  // replica of the reader's last connection
+	resyncs      []Resync                // first resyncs after moving to another replica
 }
 
 func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error) {
@@ -159,8 +162,8 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 	}
 
 	c := &counters{tries: map[string]int{}, hostFailures: map[string]int{}, breakerTrips: map[string]int{},
-		connectedAt: map[string]wireSnapshot{}, lastResync: map[string]Resync{}}
-	rd := newReader(func(from, to string) { p.printf("reader   now reading from %s (was %s)", to, from) })
+		connectedAt: map[string]wireSnapshot{}, firstResync: map[string]bool{}}
+	rd := newReader()
 
 	// The sender: direct delivery to example.com's exchangers found in
 	// DNS, the two relays as fallback, a durable queue retrying what no
@@ -190,12 +193,19 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 			},
 			BreakerStateChange: func(e smtpclient.BreakerEvent) {
 				name := shortHost(e.Host)
-				if e.To == gobreaker.StateOpen {
+				switch {
+				case e.To == gobreaker.StateOpen:
 					c.mu.Lock()
 					c.breakerTrips[name]++
 					c.mu.Unlock()
+					// Half-open probes that fail are counted, not
+					// printed: one line per outage is enough.
+					if e.From == gobreaker.StateClosed {
+						p.printf("breaker  %s open: skipped until a probe gets through", name)
+					}
+				case e.To == gobreaker.StateClosed:
+					p.printf("breaker  %s closed: in use again", name)
 				}
-				p.printf("breaker %-8s %s → %s", name, e.From, e.To)
 			},
 		},
 	}
@@ -245,6 +255,10 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 			return rep, err
 		}
 	}
+	rank := map[string]int{} // replica → priority, lower preferred
+	for _, r := range w.imapReplicas() {
+		rank[r.Name] = r.Priority
+	}
 	checkCtx, stopCheck := context.WithCancel(ctx)
 	checkDone := make(chan error, 1)
 	go func() { checkDone <- checker.Run(checkCtx) }()
@@ -262,30 +276,49 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 		FailureHold:    2 * time.Second,
 		ReconnectDelay: 100 * time.Millisecond,
 		Hooks: imapfailover.Hooks{
-			// The cost of a failover: from the new connection (dial,
-			// greeting, LOGIN) to the end of the resync there.
+			// The cost of moving to another replica: from the new
+			// connection (after LOGIN) to the end of the first resync
+			// there.
 			Connected: func(replica string, err error) {
 				if err == nil {
 					c.mu.Lock()
 					c.connectedAt[replica] = rd.wire.snapshot()
+					c.firstResync[replica] = true
 					c.mu.Unlock()
 				}
 			},
 			Resynced: func(mailbox, replica string, d time.Duration, r *imapfailover.SyncReport) {
 				c.mu.Lock()
+				defer c.mu.Unlock()
+				if !c.firstResync[replica] {
+					return // a resync on the same connection, after new mail
+				}
+				c.firstResync[replica] = false
+				prev := c.current
+				c.current = replica
+				if prev == "" || prev == replica {
+					return // the first connection, or a reconnection
+				}
 				used := rd.wire.snapshot().sub(c.connectedAt[replica])
-				c.lastResync[replica] = Resync{Replica: replica, Took: d, Fetched: r.Delivered,
+				rs := Resync{Replica: replica, Move: "failover", Took: d, Fetched: r.Delivered,
 					Lagging: r.Lagging, Commands: used.Commands, BytesIn: used.BytesIn}
-				c.mu.Unlock()
+				if rank[replica] < rank[prev] {
+					rs.Move = "failback"
+					p.printf("reader   back on %s, the preferred replica, now up again; resync took %s, %d new message(s)",
+						replica, fmtDur(rs.Took), rs.Fetched)
+				}
+				c.resyncs = append(c.resyncs, rs)
 			},
 			// Called once the new replica has served: its resync is done.
 			Failover: func(from, to string, err error) {
 				c.mu.Lock()
 				c.failovers++
-				rs := c.lastResync[to]
-				c.resyncs = append(c.resyncs, rs)
+				var rs Resync
+				if n := len(c.resyncs); n > 0 {
+					rs = c.resyncs[n-1]
+				}
 				c.mu.Unlock()
-				p.printf("reader   failover %s → %s (%s); resync there took %s, %d new message(s)%s",
+				p.printf("reader   failover %s → %s (%s); resync took %s, %d new message(s)%s",
 					from, to, shortErr(err), fmtDur(rs.Took), rs.Fetched, lagNote(rs.Lagging))
 			},
 		},
@@ -412,8 +445,9 @@ send:
 	sentMu.Unlock()
 	drain := time.NewTimer(cfg.Drain)
 	defer drain.Stop()
+	drained := false
 wait:
-	for {
+	for ; ; drained = true {
 		if missing(want, rd.counts().Seen) == 0 {
 			break
 		}
@@ -431,7 +465,9 @@ wait:
 		}
 	}
 	status.Stop()
-	report("done")
+	if drained {
+		report("done")
+	}
 
 	shutCtx, cancelShut := context.WithTimeout(ctx, 10*time.Second)
 	err = mailer.Shutdown(shutCtx)

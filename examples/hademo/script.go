@@ -26,8 +26,15 @@ func script() []step {
 			do: func(w *world) error { return w.mx[0].srv.Stop() }},
 		{at: 0.25, kill: true, what: "black-hole mx2 (MX 20): connections accepted, never answered",
 			do: func(w *world) error { return w.mx[1].proxy.SetMode(faultproxy.BlackHole) }},
-		{at: 0.35, kill: true, what: "mx3 (MX 30) refuses connections: no exchanger of example.com answers",
-			do: func(w *world) error { return w.mx[2].proxy.SetMode(faultproxy.Refuse) }},
+		{at: 0.35, kill: true, what: "mx3 (MX 30) drops off the network: open connections reset, new ones refused; no exchanger answers",
+			do: func(w *world) error {
+				// Reset first: Refuse alone would leave pooled
+				// connections working.
+				if err := w.mx[2].proxy.SetMode(faultproxy.Reset); err != nil {
+					return err
+				}
+				return w.mx[2].proxy.SetMode(faultproxy.Refuse)
+			}},
 		{at: 0.45, kill: true, what: "kill relay-1: server stopped",
 			do: func(w *world) error { return w.relay[0].srv.Stop() }},
 		{at: 0.50, kill: true, what: "kill imap1, the replica the reader follows",

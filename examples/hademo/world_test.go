@@ -35,7 +35,7 @@ func TestWorldCarriesMailFromMXToBothReplicas(t *testing.T) {
 	}
 	defer client.Close()
 
-	rd := newReader(nil)
+	rd := newReader()
 	pool, err := imapfailover.New(&imapfailover.Options{Replicas: w.imapReplicas(), Dial: rd.wire.dial,
 		CommandTimeout: 5 * time.Second, Heartbeat: time.Second})
 	if err != nil {
