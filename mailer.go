@@ -180,6 +180,7 @@ func Open(o *Options) (*Mailer, error) {
 			return nil
 		}
 		mt.WatchQueue(m.name, m.store)
+		mt.WatchClient(m.name, client)
 	}
 
 	hardCtx, hardCancel := context.WithCancel(context.Background())
@@ -324,6 +325,7 @@ func (m *Mailer) shutdown() {
 	}
 	if m.metrics != nil {
 		m.metrics.UnwatchQueue(m.name)
+		m.metrics.UnwatchClient(m.name)
 	}
 	if m.ownStore {
 		if err := m.store.Close(); err != nil && !errors.Is(err, queue.ErrClosed) {

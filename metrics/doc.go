@@ -7,9 +7,10 @@
 // (promhttp.HandlerFor). The Metrics value then plugs into each component
 // through its hooks: SMTPHooks for smtpclient.Options.Hooks, OnAttempt and
 // OnNotice for queue.RunnerOptions, HealthHooks for health.Options.Hooks,
-// IMAPHooks for imapfailover.Options.Hooks, and WatchQueue for a
-// queue.Store's depth. hamail.Mailer installs the SMTP and queue ones
-// itself when Options.Metrics is set.
+// IMAPHooks for imapfailover.Options.Hooks, WatchQueue for a queue.Store's
+// depth and WatchClient for an smtpclient.Client's connection pool.
+// hamail.Mailer installs the SMTP and queue hooks and watches its queue and
+// client itself when its Options.Metrics is set.
 //
 // # Series
 //
@@ -29,6 +30,9 @@
 //	hamail_smtp_replies_total{host,stage,class}         deciding replies: 2xx, 4xx, 5xx
 //	hamail_smtp_breaker_state{host}                     0 closed, 1 half-open, 2 open
 //	hamail_smtp_breaker_trips_total{host}               transitions to open
+//	hamail_smtp_pool_connections{client,state}          pooled connections: busy, idle (WatchClient)
+//	hamail_smtp_pool_waiting{client}                    sends waiting for a connection slot
+//	hamail_smtp_pool_dials_total{client}                also reuses_total, expired_total
 //	hamail_health_state{target}                         0 unknown, 1 up, 2 down
 //	hamail_health_changes_total{target,to}
 //	hamail_health_probes_total{target,result}

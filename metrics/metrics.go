@@ -74,6 +74,7 @@ type Metrics struct {
 	imapUIDValidity    *prometheus.CounterVec
 
 	queues *queueCollector
+	pools  *poolCollector
 }
 
 // durationBuckets spans a pooled send on loopback (milliseconds) to a slow
@@ -149,13 +150,14 @@ func New(reg prometheus.Registerer, o *Options) (*Metrics, error) {
 	m.imapUIDValidity = counter("imap", "uidvalidity_changes_total", "Resyncs that found the mailbox's UIDVALIDITY changed (RFC 3501 §2.3.1.1), by replica.", "replica")
 
 	m.queues = newQueueCollector(m)
+	m.pools = newPoolCollector(m)
 
 	for _, c := range []prometheus.Collector{
 		m.smtpSessions, m.smtpSessionDur, m.smtpConnections, m.smtpSkipped, m.smtpReplies, m.breakerState, m.breakerTrips,
 		m.deliveryAttempts, m.deliveryRecipients, m.deliveryDur, m.notices,
 		m.healthState, m.healthChanges, m.healthProbes, m.healthProbeDu, m.healthReports,
 		m.imapConnections, m.imapFailovers, m.imapResync, m.imapResyncMessages, m.imapUIDValidity,
-		m.queues,
+		m.queues, m.pools,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

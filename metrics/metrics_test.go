@@ -153,6 +153,12 @@ func TestMailerMetrics(t *testing.T) {
 		wantSeries(t, reg, 0, "hamail_queue_items", "queue", "outbound", "state", state)
 	}
 	wantSeries(t, reg, 0, "hamail_queue_oldest_age_seconds", "queue", "outbound")
+	dials, _ := series(t, reg, "hamail_smtp_pool_dials_total", "client", "outbound")
+	reuses, _ := series(t, reg, "hamail_smtp_pool_reuses_total", "client", "outbound")
+	if dials < 1 || dials+reuses < 4 {
+		t.Errorf("pool: %v dials, %v reuses for 4 sessions", dials, reuses)
+	}
+	wantSeries(t, reg, 0, "hamail_smtp_pool_connections", "client", "outbound", "state", "busy")
 	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
 		t.Errorf("lint: %v %+v", err, problems)
 	}
@@ -162,6 +168,9 @@ func TestMailerMetrics(t *testing.T) {
 	}
 	if _, ok := series(t, reg, "hamail_queue_up", "queue", "outbound"); ok {
 		t.Error("queue still watched after Shutdown")
+	}
+	if _, ok := series(t, reg, "hamail_smtp_pool_dials_total", "client", "outbound"); ok {
+		t.Error("client still watched after Shutdown")
 	}
 }
 
