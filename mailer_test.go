@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -542,4 +543,70 @@ func newTestMetrics(t *testing.T) *metrics.Metrics {
 		t.Fatal(err)
 	}
 	return mt
+}
+
+// TestConcurrentSendsAndShutdown: Sends race with Shutdown. Each either
+// fails (ErrClosed, or the store closing under it) or returned an ID, and
+// every message with an ID is delivered, by this Mailer or the next one on
+// the same directory.
+func TestConcurrentSendsAndShutdown(t *testing.T) {
+	t.Parallel()
+	relay := smtptest.NewServer(t, nil)
+	dir := t.TempDir()
+	m := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: dir, Runner: testRunner()})
+	const senders, each = 6, 15
+	var (
+		mu       sync.Mutex
+		accepted = map[string]bool{} // Message-IDs of the messages Send took
+		wg       sync.WaitGroup
+		started  = make(chan struct{}, senders*each)
+	)
+	for g := range senders {
+		wg.Go(func() {
+			for i := range each {
+				mid := fmt.Sprintf("<%d.%d@example.org>", g, i)
+				_, err := m.Send(t.Context(), &Message{From: "app@example.org", To: []string{"bob@example.com"},
+					Body: strings.NewReader("Message-ID: " + mid + "\nSubject: x\n\nx\n")})
+				started <- struct{}{}
+				if err == nil {
+					mu.Lock()
+					accepted[mid] = true
+					mu.Unlock()
+				} else if !errors.Is(err, ErrClosed) && !errors.Is(err, queue.ErrClosed) {
+					t.Errorf("Send: %v", err)
+				}
+			}
+		})
+	}
+	for range senders * each / 3 {
+		<-started
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	_ = m.Shutdown(ctx) // may cut attempts: they stay queued
+	cancel()
+	wg.Wait()
+
+	m2 := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: dir, Runner: testRunner()})
+	waitEmpty(t, m2.Store())
+	got := map[string]bool{}
+	for _, msg := range relay.Messages() {
+		if msg.Unanswered || msg.Reply.Code != 250 {
+			continue
+		}
+		for _, line := range strings.Split(string(msg.Body), "\r\n") {
+			if v, ok := strings.CutPrefix(line, "Message-ID: "); ok {
+				got[v] = true
+			}
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(accepted) == 0 {
+		t.Fatal("no Send succeeded before Shutdown")
+	}
+	for mid := range accepted {
+		if !got[mid] {
+			t.Errorf("%s accepted by Send, never delivered", mid)
+		}
+	}
 }
