@@ -45,6 +45,7 @@ func mainCode(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.DurationVar(&cfg.Drain, "drain", d.Drain, "how long to wait after the last Send for the last deliveries and reads")
 	fs.DurationVar(&cfg.ReplicaLag, "lag", d.ReplicaLag, "replication lag of the second IMAP replica")
 	fs.BoolVar(&cfg.Quiet, "quiet", false, "print only the final table")
+	fs.StringVar(&cfg.MetricsAddr, "metrics", "", "serve the run's Prometheus metrics at http://`addr`/metrics (e.g. 127.0.0.1:9100)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: hademo [flags]\n\nRuns the hamail high-availability demo in-process on loopback and prints what happened.\nExit status 1 if a message was lost or read twice.\n\nFlags:\n")
 		fs.PrintDefaults()

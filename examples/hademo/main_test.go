@@ -66,6 +66,12 @@ func TestShortRunLosesNothing(t *testing.T) {
 		t.Errorf("delivered per host sums to %d, delivered %d, sent %d", total, rep.Delivered, n)
 	}
 
+	// The metrics saw the same run.
+	if m := rep.Metrics; m.RecipientsDelivered != n || m.RecipientAttempts < n ||
+		int(m.BreakerTrips) != sum(rep.BreakerTrips) || int(m.IMAPFailovers) != rep.IMAPFailovers {
+		t.Errorf("metrics %+v disagree with the report (breaker trips %v, IMAP failovers %d)", m, rep.BreakerTrips, rep.IMAPFailovers)
+	}
+
 	// The table says so.
 	table := out.String()
 	for _, want := range []string{"messages lost  0", "read twice     0", "OK: nothing lost"} {

@@ -43,6 +43,14 @@ func printTable(out io.Writer, w *world, r *Report) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	m := r.Metrics
+	rate := 0.0
+	if m.RecipientAttempts > 0 {
+		rate = 100 * m.RecipientsDelivered / m.RecipientAttempts
+	}
+	fmt.Fprintf(out, "\nThe Prometheus registry (package metrics) counted: hamail_delivery_recipients_total %.0f delivered in %.0f\n"+
+		"recipient attempts (success rate %.1f%%, the rest deferred and retried); %.0f breaker trips;\n"+
+		"%.0f IMAP failovers.\n", m.RecipientsDelivered, m.RecipientAttempts, rate, m.BreakerTrips, m.IMAPFailovers)
 	verdict := "OK: nothing lost, nothing read twice"
 	if !r.OK() {
 		verdict = "FAILED: messages lost or read twice"

@@ -14,9 +14,11 @@ import (
 	"github.com/hamail/hamail"
 	"github.com/hamail/hamail/health"
 	"github.com/hamail/hamail/imapfailover"
+	"github.com/hamail/hamail/metrics"
 	"github.com/hamail/hamail/mxresolve"
 	"github.com/hamail/hamail/queue"
 	"github.com/hamail/hamail/smtpclient"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -31,6 +33,9 @@ type Config struct {
 	// ReplicaLag is how far imap2 is behind imap1.
 	ReplicaLag time.Duration
 	Quiet      bool
+	// MetricsAddr, when set, serves the Prometheus metrics of the run at
+	// http://MetricsAddr/metrics while it lasts.
+	MetricsAddr string
 }
 
 func (c *Config) defaults() {
@@ -91,6 +96,8 @@ type Report struct {
 	ReadTwice     int            // handed to the reader more than once
 	Events        []Event
 	Elapsed       time.Duration
+	// Metrics are the same events as the Prometheus registry counted them.
+	Metrics MetricsSummary
 }
 
 // Kills counts the fault events that happened.
@@ -209,7 +216,25 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 			},
 		},
 	}
+	// Prometheus metrics on a registry of the demo's own, fed by the
+	// Mailer, the health checker and the reader, and served at
+	// -metrics when asked.
+	reg := prometheus.NewRegistry()
+	mtr, err := metrics.New(reg, nil)
+	if err != nil {
+		return rep, err
+	}
+	if cfg.MetricsAddr != "" {
+		stop, addr, err := serveMetrics(cfg.MetricsAddr, reg)
+		if err != nil {
+			return rep, err
+		}
+		defer stop()
+		p.printf("metrics  http://%s/metrics", addr)
+	}
+
 	mailer, err := hamail.Open(&hamail.Options{
+		Metrics:        mtr,
 		Resolver:       resolver,
 		FallbackRelays: fallback,
 		SMTP:           smtpOpts,
@@ -244,11 +269,11 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 	// reader moves back to imap1 once it is up again.
 	checker := health.New(&health.Options{Interval: 500 * time.Millisecond, FastInterval: 200 * time.Millisecond,
 		DownInterval: 300 * time.Millisecond, Timeout: time.Second, Rise: 2, Fall: 2,
-		Hooks: health.Hooks{Changed: func(ch health.Change) {
+		Hooks: chainHealth(mtr.HealthHooks(), func(ch health.Change) {
 			if ch.From != health.Unknown {
 				p.printf("health   %s %s → %s", ch.Target, ch.From, ch.To)
 			}
-		}}})
+		})})
 	for _, r := range w.imapReplicas() {
 		if err := checker.AddTarget(health.Target{Name: r.Name, Address: r.Addr, Kind: health.ProbeIMAP,
 			Username: r.Username, Password: r.Password}); err != nil {
@@ -275,7 +300,7 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 		Heartbeat:      time.Second,
 		FailureHold:    2 * time.Second,
 		ReconnectDelay: 100 * time.Millisecond,
-		Hooks: imapfailover.Hooks{
+		Hooks: chainIMAP(mtr.IMAPHooks(), imapfailover.Hooks{
 			// The cost of moving to another replica: from the new
 			// connection (after LOGIN) to the end of the first resync
 			// there.
@@ -321,7 +346,7 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 				p.printf("reader   failover %s → %s (%s); resync took %s, %d new message(s)%s",
 					from, to, shortErr(err), fmtDur(rs.Took), rs.Fetched, lagNote(rs.Lagging))
 			},
-		},
+		}),
 	})
 	if err != nil {
 		return rep, err
@@ -498,6 +523,7 @@ wait:
 		Lost:    missing(want, rc.Seen),
 		Events:  events,
 		Elapsed: p.since(),
+		Metrics: summarize(reg),
 	}
 	for _, n := range c.tries {
 		if n > 1 {
