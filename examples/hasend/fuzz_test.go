@@ -1,0 +1,79 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hamail/hamail/smtpclient"
+)
+
+// FuzzPrepare feeds arbitrary standard input through reading, header
+// splitting, recipient extraction and header completion.
+func FuzzPrepare(f *testing.F) {
+	f.Add([]byte("To: a@example.org\nBcc: b@example.org\n\nbody\n"), true)
+	f.Add([]byte("To: root\nSubject: cron\n\n.\n"), true)
+	f.Add([]byte("no header at all\n"), false)
+	f.Fuzz(func(t *testing.T, input []byte, extract bool) {
+		data, err := readMessage(bytes.NewReader(input), true, 1<<20)
+		if err != nil {
+			return
+		}
+		p, err := prepare(data, prepareOptions{
+			extract: extract, args: []string{"arg@example.org"}, user: "u", domain: "example.org", now: time.Unix(0, 0),
+		})
+		if err != nil {
+			var ae *addressError
+			if !errors.As(err, &ae) {
+				t.Fatalf("error of an unexpected type %T: %v", err, err)
+			}
+			return
+		}
+		if len(p.rcpts) == 0 || p.rcpts[0] != "arg@example.org" {
+			t.Fatalf("argument recipient lost: %q", p.rcpts)
+		}
+		for _, r := range p.rcpts {
+			if _, err := smtpclient.ParseAddress(r); err != nil {
+				t.Fatalf("recipient %q would be refused by smtpclient: %v", r, err)
+			}
+		}
+		m := splitMessage(p.data)
+		for _, name := range []string{"Bcc", "Resent-Bcc"} {
+			if m.has(name) {
+				t.Fatalf("%s field left in the message:\n%q", name, p.data)
+			}
+		}
+		for _, name := range []string{"From", "Date", "Message-ID"} {
+			if !m.has(name) {
+				t.Fatalf("%s field missing:\n%q", name, p.data)
+			}
+		}
+		if again := splitMessage(p.data).bytes(); !bytes.Equal(again, p.data) {
+			t.Fatalf("the prepared message does not split and join back to itself:\n%q\n%q", p.data, again)
+		}
+	})
+}
+
+// FuzzAddressList checks that whatever net/mail accepts comes out as an
+// envelope address that smtpclient accepts, with no line break in it.
+func FuzzAddressList(f *testing.F) {
+	f.Add("Ops <ops@example.org>, \"a b\"@example.org")
+	f.Add("undisclosed-recipients:;")
+	f.Add("root, daemon")
+	f.Fuzz(func(t *testing.T, list string) {
+		addrs, err := parseAddressList("To header", list, "example.org")
+		if err != nil {
+			return
+		}
+		for _, a := range addrs {
+			if strings.ContainsAny(a, "\r\n\x00") {
+				t.Fatalf("address %q holds a line break or NUL", a)
+			}
+			if _, err := smtpclient.ParseAddress(a); err != nil {
+				t.Fatalf("address %q from %q refused by smtpclient: %v", a, list, err)
+			}
+		}
+	})
+}

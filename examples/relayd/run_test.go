@@ -1,0 +1,249 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/hamail/hamail/examples/hasend/maildrop"
+)
+
+// inProcess is a relayd running in the test process through run.
+type inProcess struct {
+	smtp, http string
+	stderr     *lineLog
+	stop       func() int
+}
+
+func startInProcess(t *testing.T, args []string) *inProcess {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stdout, stderr := newLineLog(), newLineLog()
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, args, strings.NewReader(""), stdout, stderr) }()
+	p := &inProcess{stderr: stderr}
+	stopped := false
+	code := -1
+	p.stop = func() int {
+		if stopped {
+			return code
+		}
+		stopped = true
+		cancel()
+		select {
+		case code = <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("relayd did not stop within 30s; log:\n%s", stderr.String())
+		}
+		return code
+	}
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("relayd log:\n%s", stderr.String())
+		}
+	})
+	// Fail fast if run returns at once (bad flags).
+	go func() {
+		select {
+		case c := <-done:
+			done <- c
+			stdout.Write([]byte("relayd exited\n"))
+		case <-ctx.Done():
+		}
+	}()
+	p.smtp = stdout.wait(t, smtpAddrRE, 30*time.Second)
+	p.http = stdout.wait(t, httpAddrRE, time.Second)
+	return p
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestSubmitWithStartTLSAndAuthArrives(t *testing.T) {
+	t.Parallel()
+	hop := nextHop(t)
+	f := newFixture(t)
+	p := startInProcess(t, f.args(hop.Addr()))
+
+	reply, err := submit(p.smtp, f.clientTLS, "alice@example.org", []string{"bob@example.net", "carol@example.net"}, message("hello"))
+	if err != nil {
+		t.Fatalf("submission failed: %v", err)
+	}
+	if !strings.Contains(reply, "queued as") {
+		t.Errorf("reply to the final dot %q does not name the queue ID", reply)
+	}
+	m := waitMessages(t, hop, 1, 30*time.Second)[0]
+	if m.From != "alice@example.org" {
+		t.Errorf("envelope sender at the next hop %q", m.From)
+	}
+	var rcpts []string
+	for _, r := range m.Rcpts {
+		rcpts = append(rcpts, r.Addr)
+	}
+	if !slices.Equal(rcpts, []string{"bob@example.net", "carol@example.net"}) {
+		t.Errorf("recipients at the next hop %q", rcpts)
+	}
+	body := string(m.Body)
+	if !strings.HasPrefix(body, "Received: from client.example.test ([127.0.0.1])\r\n\tby submit.example.test (relayd) with ESMTPSA id ") {
+		t.Errorf("no Received field of RFC 5321 §4.4 with ESMTPSA (RFC 3848) first:\n%s", body)
+	}
+	if !strings.HasSuffix(body, message("hello")) {
+		t.Errorf("message changed on the way:\n%q", body)
+	}
+
+	// A file dropped by hasend -queue into the queue directory is picked
+	// up and delivered too.
+	md, err := maildrop.Open(filepath.Join(f.queueDir, "maildrop"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := md.Drop(maildrop.Envelope{From: "cron@example.org", To: []string{"ops@example.net"}}, strings.NewReader(message("from cron"))); err != nil {
+		t.Fatal(err)
+	}
+	msgs := waitMessages(t, hop, 2, 30*time.Second)
+	if msgs[1].From != "cron@example.org" || !strings.Contains(string(msgs[1].Body), "Subject: from cron") {
+		t.Errorf("maildrop message arrived as %q %q", msgs[1].From, msgs[1].Body)
+	}
+
+	code, hz := httpGet(t, "http://"+p.http+"/healthz")
+	var health struct {
+		Status string
+		Queue  struct{ Items int }
+	}
+	if err := json.Unmarshal([]byte(hz), &health); code != http.StatusOK || err != nil || health.Status != "ok" {
+		t.Errorf("/healthz: %d %s (%v)", code, hz, err)
+	}
+	// The runner counts the attempt once the next hop's reply is in; wait
+	// for the series rather than for time.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, metrics := httpGet(t, "http://"+p.http+"/metrics")
+		if strings.Contains(metrics, `relayd_submissions_total{result="queued"} 1`) &&
+			strings.Contains(metrics, `hamail_delivery_recipients_total{host="`+hop.Addr()+`",outcome="delivered"} 3`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks the submission and delivery counts:\n%s", metrics)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a scrape, bounded by the deadline
+	}
+	if c := p.stop(); c != exOK {
+		t.Errorf("exit %d after the context ended, want 0", c)
+	}
+}
+
+func TestAuthPolicy(t *testing.T) {
+	t.Parallel()
+	hop := nextHop(t)
+	f := newFixture(t)
+	p := startInProcess(t, f.args(hop.Addr()))
+
+	r := dialRaw(t, p.smtp)
+	code, ehlo := r.cmd("EHLO client.example.test")
+	if code != 250 || strings.Contains(ehlo, "AUTH") || !strings.Contains(ehlo, "STARTTLS") {
+		t.Errorf("EHLO in clear: %d %q; want STARTTLS offered and no AUTH", code, ehlo)
+	}
+	// "\0alice\0correct horse"
+	if code, msg := r.cmd("AUTH PLAIN AGFsaWNlAGNvcnJlY3QgaG9yc2U="); code != 523 && code != 538 {
+		t.Errorf("AUTH in clear: %d %s; want it refused for lack of TLS", code, msg)
+	}
+	if code, msg := r.cmd("MAIL FROM:<alice@example.org>"); code != 530 {
+		t.Errorf("MAIL without AUTH: %d %s; want 530 5.7.0 (RFC 4954 §6)", code, msg)
+	}
+
+	for _, tc := range []struct{ authz, user, pass string }{
+		{"", testUser, "wrong"},
+		{"", "mallory", testPassword},
+		{"bob", testUser, testPassword}, // acting for someone else
+	} {
+		c, err := smtp.DialStartTLS(p.smtp, f.clientTLS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.Auth(sasl.NewPlainClient(tc.authz, tc.user, tc.pass))
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) || se.Code != 535 {
+			t.Errorf("AUTH %q/%q/%q: %v; want 535", tc.authz, tc.user, tc.pass, err)
+		}
+		c.Close()
+	}
+	if n := len(hop.Messages()); n != 0 {
+		t.Errorf("%d messages relayed without authentication", n)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	t.Parallel()
+	hop := nextHop(t)
+	f := newFixture(t)
+	p := startInProcess(t, f.args(hop.Addr(), "-max-recipients", "2", "-max-message-bytes", "4000"))
+
+	_, err := submit(p.smtp, f.clientTLS, "alice@example.org", []string{"a@example.net", "b@example.net", "c@example.net"}, message("many"))
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 452 {
+		t.Errorf("third recipient with max 2: %v; want 452", err)
+	}
+	big := message("big") + strings.Repeat("0123456789abcdef\r\n", 400)
+	_, err = submit(p.smtp, f.clientTLS, "alice@example.org", []string{"a@example.net"}, big)
+	if !errors.As(err, &se) || se.Code != 552 {
+		t.Errorf("message over the size limit: %v; want 552", err)
+	}
+	if _, err := submit(p.smtp, f.clientTLS, "alice@example.org", []string{"a@example.net"}, message("bad rcpt")); err != nil {
+		t.Fatalf("a message within the limits was refused: %v", err)
+	}
+	_, err = submit(p.smtp, f.clientTLS, "alice@example.org", []string{"a..b@example.net"}, message("bad rcpt"))
+	if !errors.As(err, &se) || se.Code != 553 {
+		t.Errorf("malformed recipient: %v; want 553", err)
+	}
+	// Only the good message was queued and delivered.
+	msgs := waitMessages(t, hop, 1, 30*time.Second)
+	if len(msgs) != 1 || !strings.Contains(string(msgs[0].Body), "Subject: bad rcpt") {
+		t.Errorf("next hop got %d messages", len(msgs))
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"no queue dir", []string{"-users-file", f.usersFile, "-tls-self-signed", "-relay", "127.0.0.1:1"}, exConfig},
+		{"no route", []string{"-users-file", f.usersFile, "-tls-self-signed", "-queue-dir", f.queueDir}, exConfig},
+		{"no users", []string{"-tls-self-signed", "-queue-dir", f.queueDir, "-relay", "127.0.0.1:1"}, exConfig},
+		{"no TLS", []string{"-users-file", f.usersFile, "-queue-dir", f.queueDir, "-relay", "127.0.0.1:1"}, exConfig},
+		{"bad relay TLS", []string{"-users-file", f.usersFile, "-tls-self-signed", "-queue-dir", f.queueDir, "-relay", "127.0.0.1:1", "-relay-tls", "maybe"}, exConfig},
+		{"unknown flag", []string{"-frobnicate"}, exUsage},
+		{"stray argument", []string{"extra"}, exUsage},
+		{"missing config", []string{"-config", filepath.Join(f.dir, "none.json")}, exConfig},
+		{"users file not bcrypt", []string{"-users-file", f.certFile, "-tls-self-signed", "-queue-dir", f.queueDir, "-relay", "127.0.0.1:1", "-http-listen", ""}, exConfig},
+	} {
+		stderr := newLineLog()
+		code := run(t.Context(), tc.args, strings.NewReader(""), io.Discard, stderr)
+		if code != tc.want {
+			t.Errorf("%s: exit %d, want %d; stderr: %s", tc.name, code, tc.want, stderr.String())
+		}
+	}
+}

@@ -1,0 +1,498 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"github.com/hamail/hamail"
+	"github.com/hamail/hamail/smtpclient"
+)
+
+// spool is what the server needs of the Mailer: Send returns once the
+// message is durable.
+type spool interface {
+	Send(ctx context.Context, m *hamail.Message) (string, error)
+}
+
+var _ spool = (*hamail.Mailer)(nil)
+
+// ServerOptions configure a Server.
+type ServerOptions struct {
+	Hostname        string
+	TLS             *tls.Config // nil: no STARTTLS
+	Users           *users
+	InsecureAuth    bool
+	MaxMessageBytes int64
+	MaxRecipients   int
+	MaxConnections  int
+	ReadTimeout     time.Duration
+	WriteTimeout    time.Duration
+	// SendTimeout bounds the wait for the queue to make a message durable.
+	SendTimeout time.Duration
+	Logger      *slog.Logger
+	// Submitted, if set, counts each message's result: queued, refused,
+	// deferred.
+	Submitted func(result string)
+	// Now is the clock of the Received fields; nil means time.Now.
+	Now func() time.Time
+}
+
+// Server is the submission server (RFC 6409): SMTP with STARTTLS (RFC 3207)
+// and AUTH PLAIN (RFC 4954, RFC 4616), which answers 250 to the final dot
+// only once the message is durable in the queue.
+//
+// Shutdown stops it gracefully: the listener closes at once; connections
+// between transactions are closed; a transaction in progress runs to its end
+// (its message is queued and acknowledged), then its connection is closed.
+type Server struct {
+	o     ServerOptions
+	spool spool
+	smtp  *smtp.Server
+	log   *slog.Logger
+	now   func() time.Time
+
+	mu       sync.Mutex
+	conns    map[*trackedConn]struct{}
+	draining bool
+	ln       net.Listener
+	changed  chan struct{} // signalled when a transaction ends
+}
+
+// NewServer makes a Server; it does no I/O.
+func NewServer(o ServerOptions, sp spool) *Server {
+	s := &Server{o: o, spool: sp, log: o.Logger, now: o.Now, conns: map[*trackedConn]struct{}{}, changed: make(chan struct{}, 1)}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.o.SendTimeout <= 0 {
+		s.o.SendTimeout = 2 * time.Minute
+	}
+	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
+	srv.Domain = o.Hostname
+	srv.TLSConfig = o.TLS
+	srv.AllowInsecureAuth = o.InsecureAuth
+	srv.MaxMessageBytes = o.MaxMessageBytes
+	srv.MaxRecipients = o.MaxRecipients
+	srv.ReadTimeout = o.ReadTimeout
+	srv.WriteTimeout = o.WriteTimeout
+	srv.EnableSMTPUTF8 = true
+	srv.ErrorLog = slogLogger{s.log}
+	s.smtp = srv
+	return s
+}
+
+// slogLogger adapts go-smtp's logger.
+type slogLogger struct{ l *slog.Logger }
+
+func (l slogLogger) Printf(format string, v ...any) { l.l.Debug(fmt.Sprintf(format, v...)) }
+func (l slogLogger) Println(v ...any)               { l.l.Debug(fmt.Sprint(v...)) }
+
+// Serve accepts connections on ln until Shutdown. It returns nil after a
+// Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.ln = ln
+	s.mu.Unlock()
+	err := s.smtp.Serve(&trackingListener{Listener: ln, s: s})
+	s.mu.Lock()
+	draining := s.draining
+	s.mu.Unlock()
+	if draining {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting, closes idle connections, lets the transactions
+// in progress finish and waits for every connection to end. When ctx ends
+// first, the remaining connections are cut (their messages were not
+// acknowledged, so the clients still hold them) and ctx's error returned.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	ln := s.ln
+	s.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	done := make(chan struct{})
+	go func() {
+		// go-smtp's Shutdown closes its listeners and waits for the
+		// connections; it never cuts one.
+		s.smtp.Shutdown(context.Background())
+		close(done)
+	}()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.closeIdle()
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			s.smtp.Close()
+			<-done
+			return ctx.Err()
+		case <-s.changed:
+		case <-tick.C:
+		}
+	}
+}
+
+// closeIdle closes every connection that is not inside a transaction.
+func (s *Server) closeIdle() {
+	s.mu.Lock()
+	conns := make([]*trackedConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.closeIfIdle()
+	}
+}
+
+func (s *Server) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
+// trackingListener registers each connection, and turns away those beyond
+// MaxConnections with a 421 (RFC 5321 §3.8).
+type trackingListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		tc := &trackedConn{Conn: c, s: l.s}
+		l.s.mu.Lock()
+		full := l.s.o.MaxConnections > 0 && len(l.s.conns) >= l.s.o.MaxConnections
+		draining := l.s.draining
+		if !full && !draining {
+			l.s.conns[tc] = struct{}{}
+		}
+		l.s.mu.Unlock()
+		if full || draining {
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c, "421 4.7.0 "+l.s.o.Hostname+" too many connections, try again later\r\n")
+			c.Close()
+			continue
+		}
+		return tc, nil
+	}
+}
+
+// trackedConn is a client connection and whether a transaction is in
+// progress on it.
+type trackedConn struct {
+	net.Conn
+	s *Server
+
+	mu      sync.Mutex
+	inTxn   bool
+	closing bool
+	once    sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.s.mu.Lock()
+		delete(c.s.conns, c)
+		c.s.mu.Unlock()
+	})
+	return err
+}
+
+// begin marks the start of a transaction (MAIL); it fails once the
+// connection is being closed for shutdown.
+func (c *trackedConn) begin() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return false
+	}
+	c.inTxn = true
+	return true
+}
+
+// end marks the end of a transaction (after the reply to the final dot,
+// RSET, or the end of the session).
+func (c *trackedConn) end() {
+	c.mu.Lock()
+	c.inTxn = false
+	c.mu.Unlock()
+	select {
+	case c.s.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (c *trackedConn) closeIfIdle() {
+	c.mu.Lock()
+	if c.inTxn || c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.closing = true
+	c.mu.Unlock()
+	c.Close()
+}
+
+// unwrap finds the trackedConn under a connection go-smtp hands over (a
+// *tls.Conn after STARTTLS).
+func unwrap(c net.Conn) *trackedConn {
+	for {
+		switch v := c.(type) {
+		case *trackedConn:
+			return v
+		case *tls.Conn:
+			c = v.NetConn()
+		default:
+			return nil
+		}
+	}
+}
+
+// session is one SMTP session (a new one after STARTTLS, RFC 3207 §4.2).
+type session struct {
+	s      *Server
+	tc     *trackedConn
+	netc   net.Conn // for read deadlines while the message arrives
+	helo   string
+	remote string
+	tls    *tls.ConnectionState
+	user   string
+
+	from     string
+	mailOpts smtp.MailOptions
+	rcpts    []string
+}
+
+var (
+	_ smtp.Session     = (*session)(nil)
+	_ smtp.AuthSession = (*session)(nil)
+)
+
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	netc := c.Conn()
+	tc := unwrap(netc)
+	if tc == nil {
+		return nil, errors.New("relayd: connection not tracked")
+	}
+	ss := &session{s: s, tc: tc, netc: netc, helo: c.Hostname(), remote: netc.RemoteAddr().String()}
+	if st, ok := c.TLSConnectionState(); ok {
+		ss.tls = &st
+	}
+	return ss, nil
+}
+
+func smtpErr(code int, enh smtp.EnhancedCode, msg string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
+}
+
+var errShuttingDown = smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, try again later")
+
+// AuthMechanisms offers PLAIN; go-smtp offers AUTH only under TLS unless
+// InsecureAuth is set (RFC 4954 §4: no plain passwords in clear).
+func (ss *session) AuthMechanisms() []string { return []string{sasl.Plain} }
+
+func (ss *session) Auth(mech string) (sasl.Server, error) {
+	if mech != sasl.Plain {
+		return nil, smtp.ErrAuthUnknownMechanism
+	}
+	return sasl.NewPlainServer(func(identity, username, password string) error {
+		if ss.s.o.Users == nil || !sameIdentity(identity, username) || ss.s.o.Users.verify(username, password) != nil {
+			ss.s.log.Warn("auth failed", "remote", ss.remote, "user", username)
+			return smtp.ErrAuthFailed
+		}
+		ss.user = username
+		ss.s.log.Debug("auth", "remote", ss.remote, "user", username)
+		return nil
+	}), nil
+}
+
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	if ss.user == "" {
+		// RFC 4954 §6: 530 5.7.0 Authentication required.
+		return smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Authentication required")
+	}
+	if from != "" {
+		if _, err := smtpclient.ParseAddress(from); err != nil {
+			return smtpErr(553, smtp.EnhancedCode{5, 1, 7}, "Bad sender address syntax")
+		}
+	}
+	if ss.s.isDraining() || !ss.tc.begin() {
+		return errShuttingDown
+	}
+	ss.from = from
+	if opts != nil {
+		ss.mailOpts = *opts
+	}
+	return nil
+}
+
+func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if _, err := smtpclient.ParseAddress(to); err != nil {
+		return smtpErr(553, smtp.EnhancedCode{5, 1, 3}, "Bad recipient address syntax")
+	}
+	ss.rcpts = append(ss.rcpts, to)
+	return nil
+}
+
+// Data queues the message and returns only once the queue holds it durably:
+// the 250 that go-smtp then sends is the promise RFC 5321 §4.1.1.4 speaks of
+// ("the receiver MUST be able to deliver it"), so it must survive a crash.
+func (ss *session) Data(r io.Reader) error {
+	id := newTxnID()
+	body := &bodyReader{r: r, conn: ss.netc, timeout: ss.s.o.ReadTimeout}
+	msg := &hamail.Message{
+		From:     ss.from,
+		To:       ss.rcpts,
+		Body:     io.MultiReader(strings.NewReader(ss.received(id)), body),
+		SMTPUTF8: ss.mailOpts.UTF8,
+	}
+	// The message's fate must not depend on a signal that arrives while
+	// it is being written: the session ends its transaction first.
+	ctx, cancel := context.WithTimeout(context.Background(), ss.s.o.SendTimeout)
+	defer cancel()
+	start := time.Now()
+	qid, err := ss.s.spool.Send(ctx, msg)
+	if err != nil {
+		reply := ss.failure(err, body.err)
+		if reply.Code >= 500 {
+			ss.s.count("refused")
+		} else {
+			ss.s.count("deferred")
+		}
+		return reply
+	}
+	ss.s.count("queued")
+	ss.s.log.Info("queued", "id", qid, "user", ss.user, "from", ss.from, "rcpts", len(ss.rcpts), "bytes", body.n, "took", time.Since(start))
+	return smtpErr(250, smtp.EnhancedCode{2, 0, 0}, "OK queued as "+qid)
+}
+
+// failure is the reply to a message the queue did not take.
+func (ss *session) failure(err, bodyErr error) *smtp.SMTPError {
+	if bodyErr != nil {
+		// The client's side failed (too big, connection lost, timeout);
+		// go-smtp's data reader errors are SMTP replies already.
+		var se *smtp.SMTPError
+		if errors.As(bodyErr, &se) {
+			return se
+		}
+		return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Error reading the message")
+	}
+	if errors.Is(err, hamail.ErrInvalidMessage) {
+		ss.s.log.Warn("message refused", "remote", ss.remote, "user", ss.user, "err", err)
+		return smtpErr(554, smtp.EnhancedCode{5, 6, 0}, "Message refused: "+firstLine(err.Error()))
+	}
+	ss.s.log.Error("queue failed", "remote", ss.remote, "user", ss.user, "err", err)
+	return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Queue unavailable, try again later")
+}
+
+func (ss *session) Reset() {
+	ss.from, ss.rcpts, ss.mailOpts = "", nil, smtp.MailOptions{}
+	ss.tc.end()
+}
+
+func (ss *session) Logout() error {
+	ss.Reset()
+	return nil
+}
+
+// received is the trace field this server prepends (RFC 5321 §4.4), with
+// the protocol keyword of RFC 3848 (ESMTP, ESMTPS, ESMTPA, ESMTPSA).
+func (ss *session) received(id string) string {
+	proto := "ESMTP"
+	if ss.tls != nil {
+		proto += "S"
+	}
+	if ss.user != "" {
+		proto += "A"
+	}
+	host, _, _ := net.SplitHostPort(ss.remote)
+	tlsInfo := ""
+	if ss.tls != nil {
+		tlsInfo = fmt.Sprintf("\r\n\t(using %s with cipher %s)", tls.VersionName(ss.tls.Version), tls.CipherSuiteName(ss.tls.CipherSuite))
+	}
+	return fmt.Sprintf("Received: from %s ([%s])\r\n\tby %s (relayd) with %s id %s%s;\r\n\t%s\r\n",
+		sanitize(ss.helo), host, ss.s.o.Hostname, proto, id, tlsInfo, ss.s.now().Format(time.RFC1123Z))
+}
+
+// sanitize keeps a client-given name from breaking the header.
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x21 || r > 0x7e || r == '(' || r == ')' || r == ';' {
+			return '_'
+		}
+		return r
+	}, s)
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}
+
+func newTxnID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// bodyReader reads the message, extending the read deadline before each read
+// (go-smtp sets it once, when DATA arrives, so a long message would
+// otherwise be cut), counting bytes and keeping the first error.
+type bodyReader struct {
+	r       io.Reader
+	conn    net.Conn
+	timeout time.Duration
+	n       int64
+	err     error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	if b.timeout > 0 {
+		b.conn.SetReadDeadline(time.Now().Add(b.timeout))
+	}
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
+}
+
+func (s *Server) count(result string) {
+	if s.o.Submitted != nil {
+		s.o.Submitted(result)
+	}
+}

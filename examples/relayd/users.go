@@ -1,0 +1,95 @@
+package main
+
+import (
+	"bufio"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// users holds the accounts allowed to submit: name → bcrypt hash.
+//
+// The users file has one "name:hash" per line, as htpasswd -B writes it
+// ("htpasswd -nbB alice secret") or relayd -hash-password prints it; blank
+// lines and lines starting with # are skipped. Only bcrypt hashes ($2a$, $2b$,
+// $2y$) are accepted: they are salted and slow on purpose, so a stolen file
+// does not give the passwords away cheaply.
+type users struct {
+	hashes map[string][]byte
+	// dummy is checked for unknown names, so that the time of a refusal
+	// does not tell whether the name exists.
+	dummy []byte
+}
+
+func loadUsers(path string) (*users, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("users file: %w", err)
+	}
+	defer f.Close()
+	return parseUsers(path, f)
+}
+
+func parseUsers(path string, r io.Reader) (*users, error) {
+	u := &users{hashes: map[string][]byte{}}
+	sc := bufio.NewScanner(r)
+	n := 0
+	for sc.Scan() {
+		n++
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, hash, ok := strings.Cut(line, ":")
+		if !ok || name == "" {
+			return nil, fmt.Errorf("%s:%d: want name:bcrypt-hash", path, n)
+		}
+		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+			return nil, fmt.Errorf("%s:%d: user %s: not a bcrypt hash (make one with relayd -hash-password): %w", path, n, name, err)
+		}
+		if _, dup := u.hashes[name]; dup {
+			return nil, fmt.Errorf("%s:%d: user %s listed twice", path, n, name)
+		}
+		u.hashes[name] = []byte(hash)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(u.hashes) == 0 {
+		return nil, fmt.Errorf("%s: no users", path)
+	}
+	for _, h := range u.hashes {
+		// The dummy costs what a real check costs.
+		cost, _ := bcrypt.Cost(h)
+		u.dummy, _ = bcrypt.GenerateFromPassword([]byte("relayd-dummy"), cost)
+		break
+	}
+	return u, nil
+}
+
+var errBadCredentials = errors.New("bad credentials")
+
+// verify checks a name and password (RFC 4616 PLAIN: authcid, passwd).
+func (u *users) verify(name, password string) error {
+	h, ok := u.hashes[name]
+	if !ok {
+		_ = bcrypt.CompareHashAndPassword(u.dummy, []byte(password))
+		return errBadCredentials
+	}
+	if bcrypt.CompareHashAndPassword(h, []byte(password)) != nil {
+		return errBadCredentials
+	}
+	return nil
+}
+
+// sameIdentity reports whether the PLAIN authorization identity is the
+// authenticated user (an empty one means the same, RFC 4616 §2); relayd
+// lets nobody act for another.
+func sameIdentity(authzid, authcid string) bool {
+	return authzid == "" || subtle.ConstantTimeCompare([]byte(authzid), []byte(authcid)) == 1
+}
