@@ -122,7 +122,7 @@ func TestConnectTimeout(t *testing.T) {
 	})
 	var logs syncBuffer
 	tm := testTimeouts
-	tm.Connect = 300 * time.Millisecond
+	tm.Connect = time.Second
 	c := newTestClient(t, &Options{
 		Relays:   twoRelays("192.0.2.1:25", b.Addr()),
 		Dialer:   d,
@@ -177,7 +177,9 @@ func TestStalledRelayDataBlockTimeout(t *testing.T) {
 	b := smtptest.NewServer(t, &smtptest.Options{DiscardBodies: true})
 	a.SetFault(smtptest.StageBody, smtptest.Fault{Delay: time.Hour})
 	tm := testTimeouts
-	tm.DataBlock = time.Second
+	// Long enough for the healthy relay, whose reading the race detector
+	// and a loaded machine slow down; the stalled one costs this much.
+	tm.DataBlock = 3 * time.Second
 	c := newTestClient(t, &Options{Relays: twoRelays(a.Addr(), b.Addr()), Timeouts: tm, Breaker: BreakerOptions{Failures: 1}})
 	// More than the loopback socket buffers hold, so the writer blocks.
 	line := strings.Repeat("z", 78) + "\r\n"
