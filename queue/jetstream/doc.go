@@ -74,16 +74,61 @@
 // enqueues with one key on any number of machines agree on one item. The
 // claim is deleted when the item completes.
 //
+// Each Lease pulls at least Options.Prefetch deliveries and keeps those it
+// was not asked for to hand out on the next calls, saving a round trip to
+// the consumer leader per item. The server's AckWait of a kept delivery
+// runs from the pull, so it is handed back (negatively acknowledged) after
+// at most a second or a tenth of AckWait, whichever is shorter, and never
+// handed out later than that: by then the server could have given it to
+// another runner.
+//
 // # Guarantees and limits
 //
 // Enqueue returns once the stream leader has the version stored on a
-// quorum (the PubAck). Delivery is at least once: a runner that stalls
-// past its lease while another takes the item over can make a second
-// delivery attempt, which the fencing then keeps from overwriting state.
+// quorum of Options.Replicas (the PubAck); without a quorum it keeps
+// trying through leader elections for up to a minute, or until its
+// context ends, and then fails: it never reports an unreplicated write as
+// durable. A failed Enqueue may still have been stored (the answer was
+// lost); retrying it with the same Message Key stores it once.
+//
+// Delivery is at least once. A runner that stalls past its lease while
+// another takes the item over can make a second delivery attempt; the
+// fencing keeps the stale runner from overwriting the item's state: Record
+// is a compare-and-set on the item's latest version, and a lease on a
+// redelivered item checks that version again before Complete. Complete of
+// an item delivered once (the common case) relies on the lease clock of
+// its Store value: it is refused from AckWait less a tenth before the
+// server can redeliver, so only a process paused for longer than that tenth
+// between the check and the acknowledgement can complete an item another
+// runner holds, which repeats a delivery but loses none. Repeated attempts
+// are bounded by the deliveries outstanding when a runner or a server
+// fails: the attempts under way plus the prefetched ones.
+//
 // Leases are held by the Store value that made them: Record and Complete
 // must be called on it. Due times follow the servers' clocks. List and Stats
 // read the stream's subject index, at a cost that grows with the queue: they
-// are for operators, not for the delivery path.
+// are for operators, not for the delivery path. Stats counts deliveries
+// prefetched by other Store values as leased.
+//
+// # Failures and partitions
+//
+// With three servers and R3 the queue keeps working while any one server
+// is down or cut off: the other two elect leaders for the stream and the
+// consumer (a few seconds, during which calls retry), scheduled retries
+// fire on the new stream leader, and a restarted server catches up from
+// the others.
+//
+// In a network partition the side with a quorum carries on. A Store whose
+// connection lands on the minority side cannot reach the leaders: its
+// Enqueue fails as above, its Lease returns errors or nothing, and the
+// leases it held can be neither renewed, recorded nor completed. After
+// AckWait the majority side hands those items to other runners, so an
+// attempt made on the minority side during the partition may be repeated;
+// no acknowledged item is lost, and nothing the minority side wrote
+// without a quorum was reported as written. Give the client every
+// server's URL so that it reconnects to a server of the majority when its
+// own server goes down; a server that is up but cut off keeps its clients
+// until the partition heals.
 //
 // A Store is safe for concurrent use. New does no I/O; Close stops the lease
 // renewal and hands held leases back; the caller owns the NATS connection.

@@ -272,6 +272,7 @@ func TestTwoProcessesCrash(t *testing.T) {
 		c.kill(t)
 	})
 	dups := 0
+	var repeated []string
 	for _, id := range ids {
 		n := mine[id] + theirs[id]
 		if n == 0 {
@@ -279,13 +280,14 @@ func TestTwoProcessesCrash(t *testing.T) {
 		}
 		if n > 1 {
 			dups += n - 1
+			repeated = append(repeated, fmt.Sprintf("%s here %d child %d", id, mine[id], theirs[id]))
 			if theirs[id] == 0 {
 				t.Errorf("item %s attempted %d times though the child never had it", id, n)
 			}
 		}
 	}
 	if dups == 0 || dups > 8 {
-		t.Errorf("%d repeated attempts, want the child's leases taken over: between 1 and its 8 in flight", dups)
+		t.Errorf("%d repeated attempts, want the child's leases taken over: between 1 and its 8 in flight: %s", dups, strings.Join(repeated, "; "))
 	}
 	t.Logf("here %d, child %d before it was killed, %d repeated", len(mine), len(theirs), dups)
 }

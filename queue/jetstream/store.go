@@ -71,7 +71,7 @@ type Options struct {
 	// Prefetch is how many deliveries a Lease pulls at least, keeping
 	// those beyond what it was asked for to hand out on the next calls:
 	// a pull costs a round trip to the consumer leader. A kept delivery
-	// waits at most a second (a quarter of AckWait if that is shorter),
+	// waits at most a second (a tenth of AckWait if that is shorter),
 	// then goes back to the server for other runners; it is never handed
 	// out once the server could have given it to another runner. Kept
 	// deliveries count against MaxLeased. Default DefaultPrefetch;
@@ -1151,11 +1151,11 @@ const prefetchHold = time.Second
 // holdFor is how long a prefetched delivery may wait to be handed out. The
 // server's AckWait runs from the pull, and once it ends the server may give
 // the message to another runner: a delivery handed out later would be a
-// second lease on the item. The hold is at most a quarter of AckWait, so a
-// lease made from the buffer still has most of AckWait before the keeper's
-// first renewal, and never more than a second, so that items this runner
-// cannot take soon go to runners that can.
-func (s *Store) holdFor() time.Duration { return min(prefetchHold, s.opts.AckWait/4) }
+// second lease on the item. The hold is at most a tenth of AckWait, so a
+// lease made from the buffer has nearly as much time before its first
+// renewal as one pulled for it, and never more than a second, so that
+// items this runner cannot take soon go to runners that can.
+func (s *Store) holdFor() time.Duration { return min(prefetchHold, s.opts.AckWait/10) }
 
 // releaseStaleLocked removes the prefetched deliveries held too long and
 // returns them for a Nak outside the lock; s.mu is held.
