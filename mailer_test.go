@@ -17,12 +17,14 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/hamail/hamail/health"
 	"github.com/hamail/hamail/internal/dnstest"
 	"github.com/hamail/hamail/internal/smtptest"
 	"github.com/hamail/hamail/metrics"
 	"github.com/hamail/hamail/mxresolve"
 	"github.com/hamail/hamail/queue"
 	"github.com/hamail/hamail/queue/bbolt"
+	"github.com/hamail/hamail/queue/memqueue"
 	"github.com/hamail/hamail/smtpclient"
 )
 
@@ -464,6 +466,8 @@ func TestDirectMX(t *testing.T) {
 	dns.AddA("mx2.example.com", 60, "127.0.0.2")
 	dns.AddSOA("nx.example", 60, 60)
 	dns.SetFault("nx.example", 0, dnstest.NXDomain)
+	dns.SetFault("broken.example", 0, dnstest.ServFail)
+	fallback := smtptest.NewServer(t, nil)
 
 	port, _ := strconv.Atoi(port1)
 	so := testSMTP()
@@ -476,19 +480,27 @@ func TestDirectMX(t *testing.T) {
 		notices <- n
 		return nil
 	}
-	m := open(t, &Options{Resolver: resolver, SMTP: so, Dir: t.TempDir(), Runner: ro})
+	m := open(t, &Options{Resolver: resolver, FallbackRelays: relayOf(fallback), SMTP: so, Dir: t.TempDir(), Runner: ro})
 	send(t, m, "bob@example.com")
 	if _, err := mx1.WaitMessages(waitCtx(t), 1); err != nil {
 		t.Fatal(err)
 	}
 	mx1.Stop()
-	send(t, m, "carol@example.com", "dave@nx.example")
+	send(t, m, "carol@example.com", "dave@nx.example", "erin@broken.example")
 	msgs, err := mx2b.WaitMessages(waitCtx(t), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(msgs[0].Rcpts) != 1 || msgs[0].Rcpts[0].Addr != "carol@example.com" {
 		t.Fatalf("backup MX got %+v", msgs[0].Rcpts)
+	}
+	// A DNS failure is temporary: the fallback relay takes the recipient.
+	fb, err := fallback.WaitMessages(waitCtx(t), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fb[0].Rcpts[0].Addr != "erin@broken.example" {
+		t.Fatalf("fallback relay got %+v", fb[0].Rcpts)
 	}
 	select {
 	case n := <-notices:
@@ -608,5 +620,67 @@ func TestConcurrentSendsAndShutdown(t *testing.T) {
 		if !got[mid] {
 			t.Errorf("%s accepted by Send, never delivered", mid)
 		}
+	}
+}
+
+// TestRoutingOptions: the Mailer's routing fields override SMTP's, SMTP's
+// are used when they are not set, and a health view that says a relay is
+// down sends the mail to the next tier.
+func TestRoutingOptions(t *testing.T) {
+	t.Parallel()
+	primary, backup := smtptest.NewServer(t, nil), smtptest.NewServer(t, nil)
+	relays := []smtpclient.Relay{{Name: "primary", Addr: primary.Addr(), Priority: 1}, {Name: "backup", Addr: backup.Addr(), Priority: 2}}
+
+	// Relays only in SMTP.
+	so := testSMTP()
+	so.Relays = relays[:1]
+	m := open(t, &Options{SMTP: so, Dir: t.TempDir(), Runner: testRunner()})
+	send(t, m, "bob@example.com")
+	if _, err := primary.WaitMessages(waitCtx(t), 1); err != nil {
+		t.Fatal(err)
+	}
+
+	// Options.Relays override SMTP.Relays; the checker says primary is down.
+	checker := health.New(&health.Options{Fall: 1})
+	if err := checker.AddTarget(health.Target{Name: "primary", Address: primary.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	checker.ReportFailure("primary", errors.New("down for maintenance"))
+	so2 := testSMTP()
+	so2.Relays = []smtpclient.Relay{{Name: "elsewhere", Addr: "127.0.0.1:1"}}
+	m2 := open(t, &Options{Relays: relays, SMTP: so2, Health: checker, Dir: t.TempDir(), Runner: testRunner()})
+	send(t, m2, "carol@example.com")
+	msgs, err := backup.WaitMessages(waitCtx(t), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msgs[0].Rcpts[0].Addr != "carol@example.com" || len(primary.Messages()) != 1 {
+		t.Fatalf("backup got %+v; primary has %d", msgs[0].Rcpts, len(primary.Messages()))
+	}
+	if so2.Health != nil || so2.Relays[0].Name != "elsewhere" {
+		t.Fatal("the caller's SMTP options were modified")
+	}
+}
+
+// TestCallerStore: a store passed in Options.Store is used and left open.
+func TestCallerStore(t *testing.T) {
+	t.Parallel()
+	relay := smtptest.NewServer(t, nil)
+	store := memqueue.New(nil)
+	defer store.Close()
+	m := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Store: store, Dir: "/nonexistent/not/used", Runner: testRunner()})
+	if m.Store() != store {
+		t.Fatal("Store() is not the caller's store")
+	}
+	send(t, m, "bob@example.com")
+	if _, err := relay.WaitMessages(waitCtx(t), 1); err != nil {
+		t.Fatal(err)
+	}
+	waitEmpty(t, store)
+	if err := m.Shutdown(waitCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Stats(waitCtx(t)); err != nil {
+		t.Fatalf("the caller's store was closed: %v", err)
 	}
 }
