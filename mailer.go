@@ -66,7 +66,6 @@ type Mailer struct {
 	hardCtx    context.Context    // ends when the attempts in flight are cut
 	hardCancel context.CancelFunc
 	runDone    chan struct{}
-	runErr     error // set before runDone is closed
 
 	shutOnce sync.Once
 	shutDone chan struct{}
@@ -192,7 +191,6 @@ func Open(o *Options) (*Mailer, error) {
 		if err := runner.Run(runCtx); err != nil {
 			// The store was closed under the runner (queue.ErrClosed).
 			m.log.Error("hamail: delivery runner stopped", "err", err)
-			m.runErr = err
 		}
 	}()
 	return m, nil

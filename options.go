@@ -44,7 +44,10 @@ type Options struct {
 	Store queue.Store
 	// Runner configures the delivery runner: retry schedule, concurrency,
 	// attempt timeout, notices. It is copied; the Mailer chains its
-	// metrics after Runner.OnAttempt and Runner.OnNotice.
+	// metrics after Runner.OnAttempt and Runner.OnNotice. After a crash,
+	// the messages that were being attempted are tried again once their
+	// lease expires: Runner.LeaseDuration, by default AttemptTimeout
+	// (10 minutes) plus one minute.
 	Runner *queue.RunnerOptions
 
 	// Health is read before choosing a host and told what real sessions
