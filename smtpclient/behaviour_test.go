@@ -238,3 +238,39 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		t.Fatalf("no route: %v", err)
 	}
 }
+
+// TestDefaults pins the documented defaults: RFC 5321 §4.5.3.2 timeouts,
+// Postfix's connect timeout, MX address limit and connection reuse limits.
+func TestDefaults(t *testing.T) {
+	t.Parallel()
+	c, err := New(&Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Timeouts{
+		Connect: 30 * time.Second, Greeting: 5 * time.Minute, Hello: 5 * time.Minute,
+		StartTLS: 5 * time.Minute, Auth: 5 * time.Minute, Mail: 5 * time.Minute, Rcpt: 5 * time.Minute,
+		DataInit: 2 * time.Minute, DataBlock: 3 * time.Minute, DataEnd: 10 * time.Minute,
+		Reset: 20 * time.Second, Quit: 10 * time.Second,
+	}
+	if c.opts.Timeouts != want {
+		t.Errorf("timeouts %+v, want %+v", c.opts.Timeouts, want)
+	}
+	if c.opts.MXPort != 25 || c.opts.MaxMXAddresses != 5 || c.opts.MaxRecipients != 100 || c.opts.LocalName != "localhost" {
+		t.Errorf("options %+v", c.opts)
+	}
+	if p := c.pool; p.maxPerHost != 8 || p.maxIdle != 8 || p.idleTimeout != 2*time.Second || p.maxAge != 300*time.Second {
+		t.Errorf("pool defaults: cap %d, idle %d, idle timeout %v, max age %v", p.maxPerHost, p.maxIdle, p.idleTimeout, p.maxAge)
+	}
+	if b := c.br.settings; b.Failures != 5 || b.OpenTimeout != time.Minute || b.HalfOpenProbes != 1 {
+		t.Errorf("breaker defaults %+v", b)
+	}
+	// Zero fields keep their defaults next to set ones.
+	c, err = New(&Options{Timeouts: Timeouts{Mail: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.opts.Timeouts.Mail != time.Second || c.opts.Timeouts.Rcpt != 5*time.Minute {
+		t.Errorf("timeouts %+v", c.opts.Timeouts)
+	}
+}

@@ -50,9 +50,12 @@
 // command, RFC 5321 §4.5.3.2 defaults, see Timeouts), closes the connection
 // when the context ends, pipelines (RFC 2920) and streams the body with
 // dot-stuffing: a message of any size is never held in memory. Connections
-// are pooled per host (Options.Pool): reused after RSET, closed after an idle
-// timeout and a maximum age, capped per host; a 421 or a dead connection on
-// a reused session is retried once on a new one, transparently.
+// are pooled per host (Options.Pool): reused after RSET (sent in the same
+// pipelined group as the next transaction when the server offers
+// PIPELINING, RFC 2920 §3.1), closed after an idle timeout and a maximum
+// age, capped per host; a 421 or a dead connection on a reused session,
+// before any recipient was accepted, is retried once on a new one,
+// transparently. Stats reports the pools.
 //
 // # Security
 //
