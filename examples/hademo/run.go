@@ -153,7 +153,7 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	w, err := newWorld(ctx, cfg.ReplicaLag)
+	w, err := newWorld(cfg.ReplicaLag)
 	if err != nil {
 		return rep, fmt.Errorf("starting the servers: %w", err)
 	}
@@ -245,7 +245,9 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 			// Demo-sized retry schedule: Postfix waits minutes.
 			Schedule:     queue.Retry{MinBackoff: 300 * time.Millisecond, MaxBackoff: 2 * time.Second, MaxLifetime: time.Hour},
 			PollInterval: 100 * time.Millisecond,
-			NoDSN:        true,
+			// Nothing is given up within the demo's lifetime; had it
+			// been, app@example.org has no mailbox for the notice.
+			NoDSN: true,
 			OnAttempt: func(a *queue.Attempt) {
 				c.mu.Lock()
 				c.attempts++

@@ -55,7 +55,7 @@ func newMailStore(set *imaptest.Set, lag time.Duration) *mailStore {
 }
 
 // collect follows what h's server records, until stop.
-func (s *mailStore) collect(_ context.Context, h *smtpHost) {
+func (s *mailStore) collect(h *smtpHost) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

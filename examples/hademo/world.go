@@ -54,7 +54,7 @@ type world struct {
 func (w *world) hosts() []*smtpHost { return append(append([]*smtpHost(nil), w.mx...), w.relay...) }
 
 // newWorld starts the servers. Close stops them.
-func newWorld(ctx context.Context, replicaLag time.Duration) (w *world, err error) {
+func newWorld(replicaLag time.Duration) (w *world, err error) {
 	w = &world{kit: &kit{}, net: &loopbackNet{routes: map[string]string{}}}
 	defer func() {
 		if err != nil {
@@ -109,7 +109,7 @@ func newWorld(ctx context.Context, replicaLag time.Duration) (w *world, err erro
 	w.imap = imaptest.NewSet(w.kit, &imaptest.Options{Replicas: 2, Username: recipient, Password: "demo-password"})
 	w.store = newMailStore(w.imap, replicaLag)
 	for _, h := range w.hosts() {
-		w.store.collect(ctx, h)
+		w.store.collect(h)
 	}
 	return w, nil
 }

@@ -20,7 +20,7 @@ func TestWorldCarriesMailFromMXToBothReplicas(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	w, err := newWorld(ctx, 50*time.Millisecond)
+	w, err := newWorld(50 * time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
