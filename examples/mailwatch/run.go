@@ -33,23 +33,22 @@ const (
 
 // config is what the flags and the environment say.
 type config struct {
-	replicas     []string
-	user         string
-	password     string
-	mailbox      string
-	stateDir     string
-	tlsMode      imapfailover.TLSMode
-	caFile       string
-	serverName   string
-	postURL      string
-	existing     bool
-	body         bool
-	heartbeat    time.Duration
-	timeout      time.Duration
-	retryMin     time.Duration
-	retryMax     time.Duration
-	verbose      bool
-	passwordFrom string // where the password came from, for error messages
+	replicas   []string
+	user       string
+	password   string
+	mailbox    string
+	stateDir   string
+	tlsMode    imapfailover.TLSMode
+	caFile     string
+	serverName string
+	postURL    string
+	existing   bool
+	body       bool
+	heartbeat  time.Duration
+	timeout    time.Duration
+	retryMin   time.Duration
+	retryMax   time.Duration
+	verbose    bool
 }
 
 // parseConfig reads args with the environment as defaults. env holds
@@ -75,7 +74,7 @@ func parseConfig(args, env []string, stderr io.Writer) (*config, error) {
 		replicas     = fs.String("replicas", getenv("MAILWATCH_REPLICAS"), "comma-separated `host:port` list of the IMAP replicas, preferred first (env MAILWATCH_REPLICAS)")
 		user         = fs.String("user", getenv("MAILWATCH_USER"), "login `name` (env MAILWATCH_USER)")
 		password     = fs.String("password", "", "password; visible to other local users in the process list, prefer MAILWATCH_PASSWORD or -password-file")
-		passwordFile = fs.String("password-file", getenv("MAILWATCH_PASSWORD_FILE"), "read the password from the first line of `file` (env MAILWATCH_PASSWORD_FILE)")
+		passwordFile = fs.String("password-file", "", "read the password from the first line of `file` (env MAILWATCH_PASSWORD_FILE)")
 		mailbox      = fs.String("mailbox", or(getenv("MAILWATCH_MAILBOX"), "INBOX"), "`mailbox` to watch (env MAILWATCH_MAILBOX)")
 		stateDir     = fs.String("state", or(getenv("MAILWATCH_STATE"), "mailwatch-state"), "`directory` where the last emitted UID is kept across restarts (env MAILWATCH_STATE)")
 		tlsMode      = fs.String("tls", or(getenv("MAILWATCH_TLS"), "implicit"), "transport `mode`: implicit (port 993), starttls or none (env MAILWATCH_TLS)")
@@ -94,7 +93,7 @@ func parseConfig(args, env []string, stderr io.Writer) (*config, error) {
 		fmt.Fprintf(fs.Output(), "Usage: mailwatch -replicas host:port[,host:port...] -user NAME [flags]\n\n"+
 			"Follows a mailbox across IMAP replicas and emits each new message once,\n"+
 			"as a JSON line on standard output or as a POST to -url.\n"+
-			"The password comes from -password, MAILWATCH_PASSWORD or -password-file.\n\nFlags:\n")
+			"The password comes from -password, -password-file, MAILWATCH_PASSWORD or\nMAILWATCH_PASSWORD_FILE, the first one set.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -124,21 +123,29 @@ func parseConfig(args, env []string, stderr io.Writer) (*config, error) {
 	if c.user == "" {
 		return nil, errors.New("-user (or MAILWATCH_USER) is required")
 	}
+	// Flags first, then the environment.
+	pwFile := *passwordFile
 	switch {
 	case *password != "":
-		c.password, c.passwordFrom = *password, "-password"
-	case getenv("MAILWATCH_PASSWORD") != "":
-		c.password, c.passwordFrom = getenv("MAILWATCH_PASSWORD"), "MAILWATCH_PASSWORD"
-	case *passwordFile != "":
-		b, err := os.ReadFile(*passwordFile)
+		c.password = *password
+	case pwFile == "" && getenv("MAILWATCH_PASSWORD") != "":
+		c.password = getenv("MAILWATCH_PASSWORD")
+	default:
+		if pwFile == "" {
+			pwFile = getenv("MAILWATCH_PASSWORD_FILE")
+		}
+		if pwFile == "" {
+			break
+		}
+		b, err := os.ReadFile(pwFile)
 		if err != nil {
 			return nil, fmt.Errorf("-password-file: %w", err)
 		}
 		line, _, _ := strings.Cut(string(b), "\n")
-		c.password, c.passwordFrom = strings.TrimRight(line, "\r"), *passwordFile
+		c.password = strings.TrimRight(line, "\r")
 	}
 	if c.password == "" {
-		return nil, errors.New("no password: set MAILWATCH_PASSWORD, -password-file or -password")
+		return nil, errors.New("no password: set MAILWATCH_PASSWORD, -password-file or -password (an empty password file counts as none)")
 	}
 	switch *tlsMode {
 	case "implicit":

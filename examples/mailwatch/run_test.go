@@ -334,9 +334,18 @@ func TestEnvironmentConfiguresEverything(t *testing.T) {
 		t.Errorf("config from environment = %+v", c)
 	}
 	// A flag wins over the environment.
-	c, err = parseConfig([]string{"-mailbox", "INBOX"}, env, io.Discard)
-	if err != nil || c.mailbox != "INBOX" {
-		t.Errorf("-mailbox did not override MAILWATCH_MAILBOX: %+v, %v", c, err)
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte("from-file\r\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err = parseConfig([]string{"-mailbox", "INBOX", "-password-file", pw}, env, io.Discard)
+	if err != nil || c.mailbox != "INBOX" || c.password != "from-file" {
+		t.Errorf("flags did not override the environment: %+v, %v", c, err)
+	}
+	// The password file named in the environment is read last.
+	c, err = parseConfig(nil, []string{"MAILWATCH_REPLICAS=127.0.0.1:1", "MAILWATCH_USER=a", "MAILWATCH_PASSWORD_FILE=" + pw}, io.Discard)
+	if err != nil || c.password != "from-file" {
+		t.Errorf("MAILWATCH_PASSWORD_FILE: %+v, %v", c, err)
 	}
 }
 
