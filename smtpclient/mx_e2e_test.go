@@ -75,3 +75,57 @@ func TestDirectMXEndToEnd(t *testing.T) {
 		t.Fatalf("mx2 %d, fallback %d", len(mx2.Messages()), len(fallback.Messages()))
 	}
 }
+
+// TestDirectMXTLSPolicy applies Options.MXTLS to exchangers: encrypt gives
+// nothing to an exchanger without STARTTLS, verify checks the certificate
+// against the exchanger's name; what an exchanger cannot take goes on to
+// the fallback relay.
+func TestDirectMXTLSPolicy(t *testing.T) {
+	t.Parallel()
+	noTLS := smtptest.DefaultCapabilities()
+	noTLS.StartTLS = false
+	tests := []struct {
+		name     string
+		domain   string // the exchanger's certificate name
+		caps     *smtptest.Capabilities
+		policy   TLSPolicy
+		delivers bool // by the exchanger, with TLS
+	}{
+		{"encrypt without STARTTLS", "mx.tls.example", &noTLS, TLSEncrypt, false},
+		{"verify with a good certificate", "mx.tls.example", nil, TLSVerify, true},
+		{"verify with a certificate for another name", "other.example", nil, TLSVerify, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			mx := smtptest.NewServer(t, &smtptest.Options{Domain: tc.domain, Capabilities: tc.caps})
+			fallback := smtptest.NewServer(t, nil)
+			_, port, _ := net.SplitHostPort(mx.Addr())
+			mxPort, _ := strconv.Atoi(port)
+			dns := dnstest.Start(t)
+			dns.AddSOA("tls.example", 60, 60)
+			dns.AddMX("tls.example", 60, 10, "mx.tls.example")
+			dns.AddA("mx.tls.example", 60, "127.0.0.1")
+			c := newTestClient(t, &Options{
+				Resolver:       mxresolve.New(&mxresolve.Options{Nameservers: []string{dns.Addr()}, Timeout: time.Second, AddressPolicy: mxresolve.IPv4Only}),
+				MXPort:         mxPort,
+				MXTLS:          tc.policy,
+				MXTLSConfig:    mx.ClientTLSConfig(""),
+				FallbackRelays: []Relay{{Name: "fallback", Addr: fallback.Addr()}},
+			})
+			rr := mustSend(t, c, testMessage("a@tls.example")).Recipients[0]
+			if tc.delivers {
+				if rr.Outcome != Delivered || rr.Host != "mx.tls.example [127.0.0.1]:"+port || mx.Messages()[0].TLS == nil {
+					t.Fatalf("%+v", rr)
+				}
+				return
+			}
+			if rr.Outcome != Delivered || rr.Host != "fallback" || rr.Attempts != 2 {
+				t.Fatalf("%+v", rr)
+			}
+			if st := mx.Stats(); st.Mail != 0 {
+				t.Fatalf("the exchanger got a transaction against the TLS policy: %+v", st)
+			}
+		})
+	}
+}
