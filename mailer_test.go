@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -682,5 +683,95 @@ func TestCallerStore(t *testing.T) {
 	}
 	if _, err := store.Stats(waitCtx(t)); err != nil {
 		t.Fatalf("the caller's store was closed: %v", err)
+	}
+}
+
+// blockingBody yields its first bytes, then waits for release before EOF.
+type blockingBody struct {
+	first   bool
+	reading chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingBody) Read(p []byte) (int, error) {
+	if !b.first {
+		b.first = true
+		close(b.reading)
+		return copy(p, "Subject: slow\r\n\r\n"), nil
+	}
+	<-b.release
+	return 0, io.EOF
+}
+
+// TestShutdownWaitsForSends: a Send still reading its body when Shutdown
+// begins completes, and its message is stored, before the store closes;
+// Close does not wait for it, and that Send then fails instead of
+// claiming a message that was not stored.
+func TestShutdownWaitsForSends(t *testing.T) {
+	t.Parallel()
+	for _, graceful := range []bool{true, false} {
+		t.Run(fmt.Sprintf("graceful=%v", graceful), func(t *testing.T) {
+			t.Parallel()
+			relay := smtptest.NewServer(t, nil)
+			relay.Stop()
+			dir := t.TempDir()
+			m := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: dir, Runner: testRunner()})
+			b := &blockingBody{reading: make(chan struct{}), release: make(chan struct{})}
+			type result struct {
+				id  string
+				err error
+			}
+			sent := make(chan result, 1)
+			go func() {
+				id, err := m.Send(t.Context(), &Message{From: "app@example.org", To: []string{"bob@example.com"}, Body: b})
+				sent <- result{id, err}
+			}()
+			<-b.reading
+			shut := make(chan error, 1)
+			go func() {
+				if graceful {
+					shut <- m.Shutdown(waitCtx(t))
+				} else {
+					shut <- m.Close()
+				}
+			}()
+			var r result
+			if graceful {
+				select {
+				case err := <-shut:
+					t.Fatalf("Shutdown returned (%v) while a Send was in progress", err)
+				case <-time.After(100 * time.Millisecond):
+				}
+				close(b.release)
+				r = <-sent
+				if err := <-shut; err != nil {
+					t.Fatal(err)
+				}
+				if r.err != nil {
+					t.Fatalf("Send during a graceful Shutdown: %v", r.err)
+				}
+			} else {
+				if err := <-shut; err != nil {
+					t.Fatal(err)
+				}
+				close(b.release)
+				r = <-sent
+				if r.err == nil {
+					t.Fatalf("Send claimed %s after Close closed the store", r.id)
+				}
+			}
+			s, err := bbolt.Open(filepath.Join(dir, "queue.db"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			st, err := s.Stats(waitCtx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := map[bool]int{true: 1, false: 0}[graceful]; st.Items != want {
+				t.Fatalf("%d items stored, want %d", st.Items, want)
+			}
+		})
 	}
 }
