@@ -38,6 +38,20 @@
 // (5 days by default) or on a permanent (5xx) refusal, and then the sender
 // gets a failure notice unless the reverse path is null.
 //
+// # Observing
+//
+// Options.Metrics (package metrics) counts sessions, connections, breaker
+// states and per-recipient outcomes by host, and reports the queue's depth
+// and the client's pool under Options.Name. The delivery success rate is
+//
+//	sum(rate(hamail_delivery_recipients_total{outcome="delivered"}[5m]))
+//	  / sum(rate(hamail_delivery_recipients_total[5m]))
+//
+// The caller's own smtpclient hooks and runner hooks (Options.SMTP.Hooks,
+// Options.Runner.OnAttempt, OnNotice) keep working: the Mailer calls them
+// as well. Stats and Store give the queue's content; Client gives the
+// pool statistics.
+//
 // # Lifecycle and concurrency
 //
 // Open opens the store (I/O) and starts delivering in one goroutine;
