@@ -248,16 +248,44 @@ func (r *Runner) attempt(ctx context.Context, it *Item) {
 	pending := it.Pending()
 	now := r.now()
 
+	var body Body
 	if len(pending) > 0 {
-		body, err := r.store.Body(wctx, it.ID)
-		if err != nil {
+		b, err := r.store.Body(wctx, it.ID)
+		switch {
+		case errors.Is(err, ErrNotFound):
 			log.Error("queue: opening body", "err", err)
-			if errors.Is(err, ErrNotFound) {
-				return
+			return // completed meanwhile by another worker
+		case errors.Is(err, ErrCorrupt):
+			// The content is lost for good (a spool file gone, a body of
+			// the wrong length): no attempt can deliver it, and the sender
+			// must learn of it, so the pending recipients fail now and the
+			// failure notice goes out without the original.
+			log.Error("queue: message content lost, giving up", "err", err)
+			for _, i := range pending {
+				rs[i].Status = StatusFailed
+				rs[i].LastAttempt = now
+				rs[i].Reply = Reply{Enhanced: "5.3.0", Text: "message content lost from the queue"}
+				rs[i].Host = ""
 			}
-			r.record(wctx, log, it, Update{Recipients: rs, Attempts: attempts, LastError: err.Error(), NextAttempt: now.Add(r.o.NoticeRetry)})
-			return
+			lastErr = err.Error()
+			pending = nil
+		case err != nil:
+			// A store failure: no attempt now; the recipients wait on the
+			// retry schedule like after a failed attempt, so the lifetime
+			// still ends it.
+			log.Error("queue: opening body", "err", err)
+			lastErr = fmt.Sprintf("reading the message from the queue: %v", err)
+			for _, i := range pending {
+				rs[i].LastAttempt = now
+				rs[i].Reply = Reply{Enhanced: "4.3.0", Text: lastErr}
+				rs[i].Host = ""
+			}
+			pending = nil
+		default:
+			body = b
 		}
+	}
+	if len(pending) > 0 {
 		d := &Delivery{ID: it.ID, Envelope: it.Envelope, Body: body, Attempt: attempts + 1}
 		for _, i := range pending {
 			d.Recipients = append(d.Recipients, rs[i].Recipient)
@@ -468,16 +496,20 @@ func (r *Runner) notify(ctx context.Context, it *Item, kind NoticeKind, rs []Rec
 	if r.o.NoDSN || it.Envelope.From == "" {
 		return nil
 	}
-	body, err := r.store.Body(ctx, it.ID)
-	if err != nil {
-		return err
+	var original Body
+	if body, err := r.store.Body(ctx, it.ID); err != nil {
+		// The notice goes out without the original rather than not at
+		// all (the third part of a report is optional, RFC 6522 §3).
+		r.log.Error("queue: notice without the original message", "id", it.ID, "err", err)
+	} else {
+		defer body.Close()
+		original = body
 	}
-	defer body.Close()
 	mta := r.o.ReportingMTA
 	if mta == "" {
 		mta, _ = os.Hostname()
 	}
-	dsn, err := NewDSN(n, body, &DSNOptions{ReportingMTA: mta, Date: r.now(), ReturnLimit: r.o.ReturnLimit})
+	dsn, err := NewDSN(n, original, &DSNOptions{ReportingMTA: mta, Date: r.now(), ReturnLimit: r.o.ReturnLimit})
 	if err != nil {
 		return err
 	}

@@ -710,3 +710,102 @@ func TestRunnerDelivererPanic(t *testing.T) {
 		w.drained()
 	})
 }
+
+// damagedBody is a store whose Body fails for one item with err.
+type damagedBody struct {
+	*memqueue.Store
+	mu  sync.Mutex
+	id  string
+	err error
+}
+
+func (s *damagedBody) Body(ctx context.Context, id string) (queue.Body, error) {
+	s.mu.Lock()
+	bad, err := s.id, s.err
+	s.mu.Unlock()
+	if id == bad {
+		return nil, &queue.Error{Op: "body", ID: id, Err: err}
+	}
+	return s.Store.Body(ctx, id)
+}
+
+// runDamaged runs a runner over a store whose body of the first message
+// enqueued fails with err, until the queue is empty, and returns the
+// deliveries made.
+func runDamaged(t *testing.T, err error, o *queue.RunnerOptions) (id string, calls []call) {
+	f := newFake(func(c call) ([]queue.RecipientResult, error) {
+		return all(queue.OutcomeDelivered, len(c.rcpts), ok250), nil
+	})
+	store := &damagedBody{Store: memqueue.New(nil), err: err}
+	o.ReportingMTA = "mta.example.org"
+	r := queue.NewRunner(store, f, o)
+	id, qerr := store.Enqueue(context.Background(), &queue.Message{Envelope: queue.Envelope{From: "alice@example.org",
+		Recipients: []queue.Recipient{{Address: "bob@example.net"}}}, Body: strings.NewReader(testBody)})
+	if qerr != nil {
+		t.Fatal(qerr)
+	}
+	store.mu.Lock()
+	store.id = id
+	store.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	for range 100 {
+		synctest.Wait()
+		if st, _ := store.Stats(context.Background()); st.Items == 0 {
+			break
+		}
+		time.Sleep(time.Hour) // the bubble's clock: let retries come due
+	}
+	cancel()
+	<-done
+	if st, _ := store.Stats(context.Background()); st.Items != 0 {
+		t.Fatalf("%d items still queued", st.Items)
+	}
+	f.locked(func() { calls = slices.Clone(f.calls) })
+	return id, calls
+}
+
+func TestRunnerLostBody(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var notices []*queue.Notice
+		id, calls := runDamaged(t, queue.ErrCorrupt, &queue.RunnerOptions{OnNotice: func(ctx context.Context, n *queue.Notice) error {
+			notices = append(notices, n)
+			return nil
+		}})
+		// Nothing to deliver: the only delivery is the notice to the sender.
+		if len(calls) != 1 || calls[0].from != "" || !slices.Equal(calls[0].rcpts, []string{"alice@example.org"}) {
+			t.Fatalf("deliveries %+v, want only the failure notice", calls)
+		}
+		if len(notices) != 1 || notices[0].ID != id || notices[0].Kind != queue.NoticeFailure {
+			t.Fatalf("notices %+v", notices)
+		}
+		r := parseDSN(t, calls[0].body)
+		f := r.rcptFields[0]
+		if f.Get("Action") != "failed" || f.Get("Status") != "5.3.0" || !strings.Contains(f.Get("Diagnostic-Code"), "content lost") {
+			t.Errorf("notice fields %v", f)
+		}
+		if r.originalType != "" {
+			t.Errorf("the notice returns an original (%s) it cannot have", r.originalType)
+		}
+	})
+}
+
+func TestRunnerUnreadableBodyExpires(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		start := time.Now()
+		_, calls := runDamaged(t, errors.New("input/output error"), &queue.RunnerOptions{Schedule: queue.Retry{Jitter: -1, MaxLifetime: 10 * time.Hour}})
+		// Retried on the schedule, then given up at the end of the lifetime
+		// with a notice.
+		if len(calls) != 1 || calls[0].from != "" {
+			t.Fatalf("deliveries %+v, want only the failure notice", calls)
+		}
+		if age := calls[0].at.Sub(start); age < 10*time.Hour || age > 11*time.Hour {
+			t.Errorf("given up after %v, want at the lifetime of 10h", age)
+		}
+		f := parseDSN(t, calls[0].body).rcptFields[0]
+		if f.Get("Action") != "failed" || f.Get("Status") != "4.3.0" || !strings.Contains(f.Get("Diagnostic-Code"), "input/output error") {
+			t.Errorf("notice fields %v", f)
+		}
+	})
+}

@@ -668,15 +668,21 @@ func (s *Store) Body(ctx context.Context, id string) (queue.Body, error) {
 	var (
 		inline  []byte
 		spooled bool
+		size    int64
 	)
 	err := s.db.View(func(tx *bolt.Tx) error {
 		rec, err := s.get(tx, id)
 		if err != nil {
 			return err
 		}
-		spooled = rec.Spool
+		spooled, size = rec.Spool, rec.BodySize
 		if !spooled {
 			inline = bytes.Clone(tx.Bucket(bucketBodies).Get([]byte(id)))
+			// A body of the wrong length would be delivered as a
+			// different message: refuse it.
+			if int64(len(inline)) != size {
+				return fmt.Errorf("%w: body has %d octets, the record says %d", queue.ErrCorrupt, len(inline), size)
+			}
 		}
 		return nil
 	})
@@ -701,7 +707,11 @@ func (s *Store) Body(ctx context.Context, id string) (queue.Body, error) {
 		_ = f.Close()
 		return fail(err)
 	}
-	return &fileBody{File: f, size: fi.Size()}, nil
+	if fi.Size() != size {
+		_ = f.Close()
+		return fail(fmt.Errorf("%w: spool file has %d octets, the record says %d", queue.ErrCorrupt, fi.Size(), size))
+	}
+	return &fileBody{File: f, size: size}, nil
 }
 
 type fileBody struct {

@@ -370,20 +370,77 @@ func TestDiskUseBounded(t *testing.T) {
 	}
 }
 
-func TestMissingSpoolFileIsCorrupt(t *testing.T) {
+// A body that is gone or has the wrong length is reported as corrupt,
+// naming the item, never handed out as a different message.
+func TestDamagedBodyIsCorrupt(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "queue.db")
-	s := open(t, path, &bbolt.Options{InlineBodyMax: -1})
-	id, err := s.Enqueue(ctx, msg("bob@example.net", "body"))
+	const body = "Subject: hello\r\n\r\nthe body\r\n"
+	for _, tc := range []struct {
+		name   string
+		inline int
+		damage func(t *testing.T, path, id string)
+	}{
+		{"spool file removed", -1, func(t *testing.T, path, id string) {
+			if err := os.Remove(filepath.Join(path+".spool", id)); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"spool file truncated", -1, func(t *testing.T, path, id string) {
+			if err := os.Truncate(filepath.Join(path+".spool", id), 5); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"inline body removed", 0, func(t *testing.T, path, id string) {
+			changeBucket(t, path, "bodies", func(b *bolt.Bucket) error { return b.Delete([]byte(id)) })
+		}},
+		{"inline body truncated", 0, func(t *testing.T, path, id string) {
+			changeBucket(t, path, "bodies", func(b *bolt.Bucket) error { return b.Put([]byte(id), []byte(body[:7])) })
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			path := filepath.Join(t.TempDir(), "queue.db")
+			s, err := bbolt.Open(path, &bbolt.Options{InlineBodyMax: tc.inline})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, err := s.Enqueue(ctx, msg("bob@example.net", body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			other, err := s.Enqueue(ctx, msg("carol@example.net", body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			tc.damage(t, path, id)
+			s = open(t, path, &bbolt.Options{InlineBodyMax: tc.inline})
+			if b, err := s.Body(ctx, id); !errors.Is(err, queue.ErrCorrupt) || !strings.Contains(err.Error(), id) {
+				if err == nil {
+					b.Close()
+				}
+				t.Errorf("Body of the damaged item: %v, want ErrCorrupt naming %s", err, id)
+			}
+			if got := readBody(t, s, other); got != body {
+				t.Errorf("the intact item's body = %q", got)
+			}
+		})
+	}
+}
+
+// changeBucket changes a bucket of a closed store's database directly.
+func changeBucket(t *testing.T, path, bucket string, fn func(*bolt.Bucket) error) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(filepath.Join(path+".spool", id)); err != nil {
+	defer db.Close()
+	if err := db.Update(func(tx *bolt.Tx) error { return fn(tx.Bucket([]byte(bucket))) }); err != nil {
 		t.Fatal(err)
-	}
-	if _, err := s.Body(ctx, id); !errors.Is(err, queue.ErrCorrupt) || !strings.Contains(err.Error(), id) {
-		t.Errorf("Body with its spool file gone: %v, want ErrCorrupt naming %s", err, id)
 	}
 }
 
