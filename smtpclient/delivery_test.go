@@ -271,3 +271,25 @@ func TestPooledConnectionClosedWhileIdle(t *testing.T) {
 		})
 	}
 }
+
+// TestDSNLeftOutWithoutExtension: DSN parameters are advisory (RFC 3461
+// §4): a server without DSN gets the message without them (it would refuse
+// them with 555), rather than no message.
+func TestDSNLeftOutWithoutExtension(t *testing.T) {
+	t.Parallel()
+	caps := smtptest.DefaultCapabilities()
+	caps.DSN = false
+	a := server(t, &caps)
+	c := newTestClient(t, &Options{Relays: []Relay{{Name: "a", Addr: a.Addr()}}})
+	m := testMessage("bob@example.com")
+	m.EnvelopeID, m.Return = "env-2", smtp.DSNReturnFull
+	m.To[0].Notify = []smtp.DSNNotify{smtp.DSNNotifyFailure}
+	m.To[0].OriginalRecipient = "bob@example.com"
+	if rr := mustSend(t, c, m).Recipients[0]; rr.Outcome != Delivered {
+		t.Fatalf("%+v", rr)
+	}
+	got := a.Messages()[0]
+	if got.MailOpts.EnvelopeID != "" || got.MailOpts.Return != "" || len(got.Rcpts[0].Opts.Notify) != 0 || got.Rcpts[0].Opts.OriginalRecipient != "" {
+		t.Fatalf("DSN parameters sent to a server without DSN: %+v %+v", got.MailOpts, got.Rcpts[0].Opts)
+	}
+}
