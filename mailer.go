@@ -238,17 +238,21 @@ func queueMessage(msg *Message) (*queue.Message, error) {
 		}
 		env.SMTPUTF8 = env.SMTPUTF8 || !a.ASCII
 	}
-	if len(msg.To) == 0 {
+	if len(msg.To)+len(msg.Recipients) == 0 {
 		return nil, &MessageError{Field: "To", Err: ErrNoRecipients}
 	}
-	env.Recipients = make([]queue.Recipient, len(msg.To))
+	env.Recipients = make([]queue.Recipient, 0, len(msg.To)+len(msg.Recipients))
 	for i, to := range msg.To {
-		a, err := smtpclient.ParseAddress(to)
-		if err != nil {
+		env.Recipients = append(env.Recipients, queue.Recipient{Address: to, Notify: msg.Notify})
+		if err := checkRecipient(&env, to); err != nil {
 			return nil, &MessageError{Field: fmt.Sprintf("To[%d]", i), Err: err}
 		}
-		env.SMTPUTF8 = env.SMTPUTF8 || !a.ASCII
-		env.Recipients[i] = queue.Recipient{Address: to, Notify: msg.Notify}
+	}
+	for i, r := range msg.Recipients {
+		env.Recipients = append(env.Recipients, r)
+		if err := checkRecipient(&env, r.Address); err != nil {
+			return nil, &MessageError{Field: fmt.Sprintf("Recipients[%d]", i), Err: err}
+		}
 	}
 	if err := env.Validate(); err != nil {
 		return nil, &MessageError{Field: "Envelope", Err: err}
@@ -257,6 +261,17 @@ func queueMessage(msg *Message) (*queue.Message, error) {
 		return nil, &MessageError{Field: "Body", Err: ErrNoBody}
 	}
 	return &queue.Message{Key: msg.Key, Envelope: env, Body: newCRLFReader(msg.Body)}, nil
+}
+
+// checkRecipient checks a forward path and notes in env whether it needs
+// SMTPUTF8.
+func checkRecipient(env *queue.Envelope, addr string) error {
+	a, err := smtpclient.ParseAddress(addr)
+	if err != nil {
+		return err
+	}
+	env.SMTPUTF8 = env.SMTPUTF8 || !a.ASCII
+	return nil
 }
 
 // Shutdown stops the Mailer gracefully: Send fails with ErrClosed at once,

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -145,7 +146,8 @@ func TestSendIsDurable(t *testing.T) {
 	dir := t.TempDir()
 	m := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: dir, Runner: testRunner()})
 	id, err := m.Send(waitCtx(t), &Message{From: "app@example.org", To: []string{"bob@example.com"}, Body: strings.NewReader(body),
-		EnvID: "env-1", Ret: queue.RetHeaders, Notify: queue.NotifyFailure | queue.NotifyDelay})
+		EnvID: "env-1", Ret: queue.RetHeaders, Notify: queue.NotifyFailure | queue.NotifyDelay,
+		Recipients: []queue.Recipient{{Address: "carol@example.com", Notify: queue.NotifySuccess, ORcpt: "rfc822;carol@old.example"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +163,8 @@ func TestSendIsDurable(t *testing.T) {
 		t.Fatal(err)
 	}
 	if it.Envelope.From != "app@example.org" || it.Envelope.EnvID != "env-1" || it.Envelope.Ret != queue.RetHeaders ||
-		len(it.Recipients) != 1 || it.Recipients[0].Notify != queue.NotifyFailure|queue.NotifyDelay || it.Recipients[0].Status != queue.StatusPending {
+		len(it.Recipients) != 2 || it.Recipients[0].Notify != queue.NotifyFailure|queue.NotifyDelay || it.Recipients[0].Status != queue.StatusPending ||
+		it.Recipients[1].Address != "carol@example.com" || it.Recipients[1].ORcpt != "rfc822;carol@old.example" {
 		t.Fatalf("stored item: %+v", it)
 	}
 	if err := s.Close(); err != nil {
@@ -178,6 +181,10 @@ func TestSendIsDurable(t *testing.T) {
 	}
 	if msgs[0].MailOpts.EnvelopeID != "env-1" || msgs[0].MailOpts.Return != smtp.DSNReturnHeaders {
 		t.Fatalf("DSN parameters lost: %+v", msgs[0].MailOpts)
+	}
+	if r := msgs[0].Rcpts; len(r) != 2 || !reflect.DeepEqual(r[0].Opts.Notify, []smtp.DSNNotify{smtp.DSNNotifyFailure, smtp.DSNNotifyDelayed}) ||
+		!reflect.DeepEqual(r[1].Opts.Notify, []smtp.DSNNotify{smtp.DSNNotifySuccess}) || r[1].Opts.OriginalRecipient != "carol@old.example" {
+		t.Fatalf("RCPT parameters lost: %+v", r)
 	}
 	waitEmpty(t, m2.Store())
 }
@@ -277,6 +284,10 @@ func TestSendRefusesBadInput(t *testing.T) {
 		{"injection", &Message{From: "a@example.org", To: []string{"x@example.com>\r\nRCPT TO:<y@example.com"}, Body: strings.NewReader("x")}, "To[0]", true},
 		{"bad sender", &Message{From: "no-at-sign", To: []string{"b@example.com"}, Body: strings.NewReader("x")}, "From", true},
 		{"no body", &Message{From: "a@example.org", To: []string{"b@example.com"}}, "Body", false},
+		{"bad DSN recipient", &Message{From: "a@example.org", To: []string{"b@example.com"}, Recipients: []queue.Recipient{{Address: "c@example.com"}, {Address: "@"}},
+			Body: strings.NewReader("x")}, "Recipients[1]", true},
+		{"bad ORCPT", &Message{From: "a@example.org", Recipients: []queue.Recipient{{Address: "c@example.com", ORcpt: "rfc822;x\r\nQUIT"}},
+			Body: strings.NewReader("x")}, "Envelope", false},
 	}
 	for _, c := range cases {
 		_, err := m.Send(waitCtx(t), c.msg)

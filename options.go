@@ -70,8 +70,13 @@ type Message struct {
 	// brackets; "" is the null reverse path "<>", which never causes a
 	// bounce (RFC 5321 §4.5.5).
 	From string
-	// To are the recipients (forward paths), at least one.
+	// To are the recipients (forward paths). To and Recipients together
+	// hold at least one.
 	To []string
+	// Recipients are more recipients, each with its own DSN parameters
+	// (NOTIFY, ORCPT; RFC 3461 §4.1, §4.2), as a relay that received them
+	// in RCPT TO must pass them on. They follow To in the envelope.
+	Recipients []queue.Recipient
 	// Body is the message (RFC 5322 header and body), read once to EOF
 	// by Send. Bare LF and bare CR line endings are sent as CRLF (RFC 5321
 	// §2.3.8 forbids them on the wire).
@@ -86,8 +91,8 @@ type Message struct {
 	// Ret asks a failure notice to return the full message or only its
 	// header (RET, RFC 3461 §4.3).
 	Ret queue.Ret
-	// Notify is the NOTIFY parameter (RFC 3461 §4.1) of every recipient;
-	// zero means FAILURE,DELAY.
+	// Notify is the NOTIFY parameter (RFC 3461 §4.1) of the recipients in
+	// To; zero means FAILURE,DELAY.
 	Notify queue.Notify
 	// SMTPUTF8 says the header carries UTF-8 (RFC 6532), so the message
 	// needs the SMTPUTF8 extension (RFC 6531). It is implied when an
