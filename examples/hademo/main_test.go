@@ -56,6 +56,10 @@ func TestShortRunLosesNothing(t *testing.T) {
 		t.Errorf("resync after the failover: %+v, want one on imap2 that sent commands", rep.Resyncs[0])
 	}
 
+	if len(rep.MailerRestarts) != 1 || rep.MailerRestarts[0].Found > rep.MailerRestarts[0].Queued {
+		t.Errorf("mailer restarts %+v, want one that found at most what was queued", rep.MailerRestarts)
+	}
+
 	// Delivered per host adds up to what was sent, from the servers' own
 	// records.
 	total := 0

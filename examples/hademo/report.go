@@ -25,6 +25,9 @@ func printTable(out io.Writer, w *world, r *Report) error {
 	row("retried", r.Retried, fmt.Sprintf("messages that needed more than one queue attempt (%d attempts in all)", r.Attempts))
 	row("SMTP failovers", sum(r.HostFailures), "sessions that failed on a host; their recipients moved on: "+perHost(w, r.HostFailures))
 	row("breaker trips", sum(r.BreakerTrips), perHost(w, r.BreakerTrips))
+	for _, mr := range r.MailerRestarts {
+		row("mailer restart", mr.Found, fmt.Sprintf("messages found in the queue by the new Mailer (%d queued at close)", mr.Queued))
+	}
 	row("IMAP failovers", r.IMAPFailovers, "the reader moved to another replica")
 	if len(r.Resyncs) == 0 {
 		row("resync cost", "-", "the reader never moved to another replica")

@@ -90,12 +90,14 @@ type Report struct {
 	BreakerTrips  map[string]int // breakers that opened, per host
 	IMAPFailovers int
 	Resyncs       []Resync
-	Read          int            // distinct Message-IDs the reader was handed
-	ReadByReplica map[string]int // messages read from each replica
-	Lost          int            // sent, never read
-	ReadTwice     int            // handed to the reader more than once
-	Events        []Event
-	Elapsed       time.Duration
+	// MailerRestarts: the Mailer closed and opened again on its queue.
+	MailerRestarts []MailerRestart
+	Read           int            // distinct Message-IDs the reader was handed
+	ReadByReplica  map[string]int // messages read from each replica
+	Lost           int            // sent, never read
+	ReadTwice      int            // handed to the reader more than once
+	Events         []Event
+	Elapsed        time.Duration
 	// Metrics are the same events as the Prometheus registry counted them.
 	Metrics MetricsSummary
 }
@@ -113,6 +115,54 @@ func (r *Report) Kills() int {
 
 // OK says whether nothing was lost and nothing read twice.
 func (r *Report) OK() bool { return r.Lost == 0 && r.ReadTwice == 0 && r.SendErrors == 0 }
+
+// MailerRestart is one restart of the sending process.
+type MailerRestart struct {
+	Queued int // messages in the queue just before Close
+	Found  int // messages the new Mailer found in the queue
+}
+
+// mailerBox holds the current Mailer; the script replaces it while
+// senders keep sending.
+type mailerBox struct {
+	mu sync.RWMutex
+	m  *hamail.Mailer
+}
+
+func (b *mailerBox) send(ctx context.Context, msg *hamail.Message) (string, error) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.m.Send(ctx, msg)
+}
+
+func (b *mailerBox) stats(ctx context.Context) (queue.Stats, error) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.m.Stats(ctx)
+}
+
+// restart waits for the Sends in progress, closes the Mailer without a
+// grace period (attempts in flight are cut, their messages stay queued)
+// and opens a new one on the same directory.
+func (b *mailerBox) restart(ctx context.Context, o *hamail.Options) (queued, found int, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, err := b.m.Stats(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := b.m.Close(); err != nil {
+		return 0, 0, fmt.Errorf("closing the mailer: %w", err)
+	}
+	if b.m, err = hamail.Open(o); err != nil {
+		return 0, 0, fmt.Errorf("reopening the mailer: %w", err)
+	}
+	st2, err := b.m.Stats(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	return st.Items, st2.Items, nil
+}
 
 // progress prints timestamped lines relative to the start.
 type progress struct {
@@ -145,6 +195,7 @@ type counters struct {
 	firstResync  map[string]bool         // replica → its first resync since connecting is to come
 	current      string                  // replica of the reader's last connection
 	resyncs      []Resync                // first resyncs after moving to another replica
+	restarts     []MailerRestart
 }
 
 func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error) {
@@ -233,7 +284,7 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 		p.printf("metrics  http://%s/metrics", addr)
 	}
 
-	mailer, err := hamail.Open(&hamail.Options{
+	mailerOpts := &hamail.Options{
 		Metrics:        mtr,
 		Resolver:       resolver,
 		FallbackRelays: fallback,
@@ -242,6 +293,7 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 		Runner: &queue.RunnerOptions{
 			Concurrency:    8,
 			AttemptTimeout: 10 * time.Second,
+			LeaseDuration:  12 * time.Second,
 			// Demo-sized retry schedule: Postfix waits minutes.
 			Schedule:     queue.Retry{MinBackoff: 300 * time.Millisecond, MaxBackoff: 2 * time.Second, MaxLifetime: time.Hour},
 			PollInterval: 100 * time.Millisecond,
@@ -255,14 +307,15 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 				c.mu.Unlock()
 			},
 		},
-	})
-	if err != nil {
+	}
+	mailer := &mailerBox{}
+	if mailer.m, err = hamail.Open(mailerOpts); err != nil {
 		return rep, fmt.Errorf("opening the mailer: %w", err)
 	}
 	mailerOpen := true
 	defer func() {
 		if mailerOpen {
-			mailer.Close()
+			mailer.m.Close()
 		}
 	}()
 
@@ -369,6 +422,16 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 		sendErrors atomic.Int64
 		handed     atomic.Int64 // messages handed to Send so far
 	)
+	stg := &stage{world: w, restartMailer: func() error {
+		queued, found, err := mailer.restart(ctx, mailerOpts)
+		if err == nil {
+			p.printf("mailer   closed with %d message(s) queued; the new Mailer found %d on disk", queued, found)
+			c.mu.Lock()
+			c.restarts = append(c.restarts, MailerRestart{Queued: queued, Found: found})
+			c.mu.Unlock()
+		}
+		return err
+	}}
 	steps := script()
 	var events []Event
 	next := 0
@@ -378,7 +441,7 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 			next++
 			p.printf("FAULT    %s", s.what)
 			events = append(events, Event{At: p.since(), What: s.what, Kill: s.kill})
-			if err := s.do(w); err != nil {
+			if err := s.do(stg); err != nil {
 				return fmt.Errorf("fault script: %s: %w", s.what, err)
 			}
 		}
@@ -397,7 +460,7 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 				body := fmt.Sprintf("From: App <%s>\r\nTo: <%s>\r\nSubject: demo message %d\r\nMessage-ID: <%s>\r\n"+
 					"Date: %s\r\n\r\nMessage %d of the hamail high-availability demo.\r\n",
 					sender, recipient, n, msgID, time.Now().Format(time.RFC1123Z), n)
-				_, err := mailer.Send(ctx, &hamail.Message{From: sender, To: []string{recipient},
+				_, err := mailer.send(ctx, &hamail.Message{From: sender, To: []string{recipient},
 					Body: strings.NewReader(body), Key: msgID})
 				if err != nil {
 					sendErrors.Add(1)
@@ -414,7 +477,7 @@ func run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 	report := func(phase string) {
 		st := w.store.counts()
 		rc := rd.counts()
-		qs, _ := mailer.Stats(ctx)
+		qs, _ := mailer.stats(ctx)
 		sentMu.Lock()
 		sent := len(sentIDs)
 		sentMu.Unlock()
@@ -497,7 +560,7 @@ wait:
 	}
 
 	shutCtx, cancelShut := context.WithTimeout(ctx, 10*time.Second)
-	err = mailer.Shutdown(shutCtx)
+	err = mailer.m.Shutdown(shutCtx)
 	cancelShut()
 	mailerOpen = false
 	if err != nil {
@@ -520,7 +583,7 @@ wait:
 		Sent: len(want), SendErrors: int(sendErrors.Load()),
 		Delivered: st.Unique, ByHost: st.ByHost, AcceptedTwice: st.AcceptedTwice,
 		Attempts: c.attempts, HostFailures: c.hostFailures, BreakerTrips: c.breakerTrips,
-		IMAPFailovers: c.failovers, Resyncs: c.resyncs,
+		IMAPFailovers: c.failovers, Resyncs: c.resyncs, MailerRestarts: c.restarts,
 		Read: rc.Unique, ReadByReplica: rc.ByReplica, ReadTwice: rc.ReadTwice,
 		Lost:    missing(want, rc.Seen),
 		Events:  events,

@@ -13,7 +13,15 @@ type step struct {
 	at   float64
 	what string
 	kill bool // a kill (counted by the test), not a repair
-	do   func(w *world) error
+	do   func(s *stage) error
+}
+
+// stage is what the script acts on: the servers, and the sending process.
+type stage struct {
+	*world
+	// restartMailer closes the Mailer at once, as a crashing process
+	// would stop, and opens a new one on the same queue directory.
+	restartMailer func() error
 }
 
 // script is what happens to the world while mail flows. The Mailer
@@ -23,11 +31,11 @@ type step struct {
 func script() []step {
 	return []step{
 		{at: 0.10, kill: true, what: "kill mx1 (MX 10, the primary): server stopped, open sessions cut",
-			do: func(w *world) error { return w.mx[0].srv.Stop() }},
+			do: func(w *stage) error { return w.mx[0].srv.Stop() }},
 		{at: 0.25, kill: true, what: "black-hole mx2 (MX 20): connections accepted, never answered",
-			do: func(w *world) error { return w.mx[1].proxy.SetMode(faultproxy.BlackHole) }},
+			do: func(w *stage) error { return w.mx[1].proxy.SetMode(faultproxy.BlackHole) }},
 		{at: 0.35, kill: true, what: "mx3 (MX 30) drops off the network: open connections reset, new ones refused; no exchanger answers",
-			do: func(w *world) error {
+			do: func(w *stage) error {
 				// Reset first: Refuse alone would leave pooled
 				// connections working.
 				if err := w.mx[2].proxy.SetMode(faultproxy.Reset); err != nil {
@@ -36,16 +44,18 @@ func script() []step {
 				return w.mx[2].proxy.SetMode(faultproxy.Refuse)
 			}},
 		{at: 0.45, kill: true, what: "kill relay-1: server stopped",
-			do: func(w *world) error { return w.relay[0].srv.Stop() }},
+			do: func(w *stage) error { return w.relay[0].srv.Stop() }},
 		{at: 0.50, kill: true, what: "kill imap1, the replica the reader follows",
-			do: func(w *world) error { return w.imap.Replica(0).Stop() }},
+			do: func(w *stage) error { return w.imap.Replica(0).Stop() }},
 		{at: 0.52, kill: true, what: "relay-2 defers everything (451 4.3.2): no path at all, messages wait in the queue",
-			do: func(w *world) error {
+			do: func(w *stage) error {
 				w.relay[1].srv.SetFault(smtptest.StageMail, smtptest.Reply(451, smtp.EnhancedCode{4, 3, 2}, "System not accepting network messages"))
 				return nil
 			}},
+		{at: 0.57, kill: true, what: "restart the sending process: the Mailer is closed without grace while messages wait, and reopened on the same queue directory",
+			do: func(w *stage) error { return w.restartMailer() }},
 		{at: 0.62, what: "repair mx2 and mx3; relay-2 accepts again",
-			do: func(w *world) error {
+			do: func(w *stage) error {
 				w.relay[1].srv.ClearFaults()
 				if err := w.mx[1].proxy.SetMode(faultproxy.Pass); err != nil {
 					return err
@@ -53,10 +63,10 @@ func script() []step {
 				return w.mx[2].proxy.SetMode(faultproxy.Pass)
 			}},
 		{at: 0.68, what: "restart relay-1",
-			do: func(w *world) error { return w.relay[0].srv.Start() }},
+			do: func(w *stage) error { return w.relay[0].srv.Start() }},
 		{at: 0.75, what: "restart mx1 (same address): its breaker lets a probe through, then it takes the mail again",
-			do: func(w *world) error { return w.mx[0].srv.Start() }},
+			do: func(w *stage) error { return w.mx[0].srv.Start() }},
 		{at: 0.85, what: "restart imap1",
-			do: func(w *world) error { return w.imap.Replica(0).Start() }},
+			do: func(w *stage) error { return w.imap.Replica(0).Start() }},
 	}
 }
