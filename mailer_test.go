@@ -62,7 +62,7 @@ func testSMTP() *smtpclient.Options {
 	}
 }
 
-func relayOf(s *smtptest.Server) []smtpclient.Relay {
+func relayOf(s interface{ Addr() string }) []smtpclient.Relay {
 	return []smtpclient.Relay{{Name: "relay", Addr: s.Addr()}}
 }
 
