@@ -293,3 +293,100 @@ func TestDSNLeftOutWithoutExtension(t *testing.T) {
 		t.Fatalf("DSN parameters sent to a server without DSN: %+v %+v", got.MailOpts, got.Rcpts[0].Opts)
 	}
 }
+
+// TestConnectionLostBetweenBatches: with more recipients than
+// MaxRecipients, the first transaction is delivered, then the connection
+// dies in the second. The second batch goes to the next relay; the first
+// is never sent again.
+func TestConnectionLostBetweenBatches(t *testing.T) {
+	t.Parallel()
+	a, b := server(t, nil), server(t, nil)
+	a.SetRcptFault("r3@example.com", smtptest.Fault{Drop: true})
+	c := newTestClient(t, &Options{Relays: twoRelays(a.Addr(), b.Addr()), MaxRecipients: 2})
+	res := mustSend(t, c, testMessage("r1@example.com", "r2@example.com", "r3@example.com", "r4@example.com"))
+	for i, rr := range res.Recipients {
+		want := "primary"
+		if i >= 2 {
+			want = "secondary"
+		}
+		if rr.Outcome != Delivered || rr.Host != want {
+			t.Errorf("%s: %+v", rr.Recipient, rr)
+		}
+	}
+	if msgs := a.Messages(); len(msgs) != 1 || len(msgs[0].Rcpts) != 2 {
+		t.Fatalf("primary: %+v", msgs)
+	}
+	if msgs := b.Messages(); len(msgs) != 1 || len(msgs[0].Rcpts) != 2 || msgs[0].Rcpts[0].Addr != "r3@example.com" || msgs[0].Rcpts[1].Addr != "r4@example.com" {
+		t.Fatalf("secondary: %+v", msgs)
+	}
+}
+
+// failingBody is a ReaderAt whose reads fail past a point, like a spool
+// file on a failing disk.
+type failingBody struct {
+	data   []byte
+	failAt int64
+}
+
+var errDisk = errors.New("read error on the spool disk")
+
+func (f failingBody) ReadAt(p []byte, off int64) (int, error) {
+	if off >= f.failAt {
+		return 0, errDisk
+	}
+	n := copy(p, f.data[off:min(int64(len(f.data)), f.failAt)])
+	return n, nil
+}
+
+// TestBodyReadErrorDeliversNothing: when the body cannot be read to its
+// end, the final dot is never sent (a truncated message must not be
+// delivered), the failure is not the host's, and the recipients stay
+// temporary for a later retry rather than being tried on other hosts with
+// the same broken body.
+func TestBodyReadErrorDeliversNothing(t *testing.T) {
+	t.Parallel()
+	a, b := server(t, nil), server(t, nil)
+	data := bytes.Repeat([]byte("line of a body that will not be read to its end\r\n"), 2000)
+	c := newTestClient(t, &Options{Relays: twoRelays(a.Addr(), b.Addr()), Breaker: BreakerOptions{Failures: 1}})
+	m := testMessage("bob@example.com")
+	m.Body, m.Size = failingBody{data: data, failAt: int64(len(data) / 2)}, int64(len(data))
+	rr := mustSend(t, c, m).Recipients[0]
+	var e *Error
+	if rr.Outcome != Temporary || !errors.Is(rr.Err, errDisk) || !errors.As(rr.Err, &e) || e.Stage != StageBody || rr.Attempts != 1 {
+		t.Fatalf("%+v", rr)
+	}
+	if _, err := a.Wait(testCtx(t), func(s smtptest.Stats) bool { return s.Open == 0 }); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(a.Messages()) + len(b.Messages()); n != 0 {
+		t.Fatalf("%d truncated messages delivered", n)
+	}
+	if st := c.br.state("primary"); st != gobreaker.StateClosed {
+		t.Fatalf("a local read error counted against the host: %v", st)
+	}
+}
+
+func TestAuthMechanismNotOffered(t *testing.T) {
+	t.Parallel()
+	caps := smtptest.DefaultCapabilities()
+	caps.Auth = []string{"LOGIN"}
+	a, b := server(t, &caps), server(t, nil)
+	relays := twoRelays(a.Addr(), b.Addr())
+	relays[0].Auth = &Auth{Mechanism: AuthPlain, Username: "alice", Password: "s3cret-pa55"}
+	relays[0].TLS = TLSEncrypt
+	c := newTestClient(t, &Options{Relays: relays})
+	res := mustSend(t, c, testMessage("bob@example.com"))
+	rr := res.Recipients[0]
+	if rr.Outcome != Delivered || rr.Host != "secondary" {
+		t.Fatalf("%+v", rr)
+	}
+	if st := a.Stats(); st.Auth != 0 || st.Mail != 0 {
+		t.Fatalf("primary: %+v", st)
+	}
+	// Alone, the relay's refusal is what the caller sees.
+	c = newTestClient(t, &Options{Relays: relays[:1]})
+	rr = mustSend(t, c, testMessage("bob@example.com")).Recipients[0]
+	if rr.Outcome != Temporary || !errors.Is(rr.Err, ErrAuthUnsupported) {
+		t.Fatalf("%+v", rr)
+	}
+}
