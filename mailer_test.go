@@ -786,3 +786,28 @@ func TestShutdownWaitsForSends(t *testing.T) {
 		})
 	}
 }
+
+// TestLostReplyRetried: the connection drops after the final dot, before
+// the reply. The outcome is unknown, so the message is sent again (a
+// possible duplicate, never a loss).
+func TestLostReplyRetried(t *testing.T) {
+	t.Parallel()
+	relay := smtptest.NewServer(t, nil)
+	relay.SetFault(smtptest.StageDataEnd, smtptest.Fault{Drop: true, Times: 1})
+	outcomes := make(chan queue.Outcome, 4)
+	ro := testRunner()
+	ro.OnAttempt = func(a *queue.Attempt) { outcomes <- a.Results[0].Outcome }
+	m := open(t, &Options{Relays: relayOf(relay), SMTP: testSMTP(), Dir: t.TempDir(), Runner: ro})
+	send(t, m, "bob@example.com")
+	msgs, err := relay.WaitMessages(waitCtx(t), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !msgs[0].Unanswered || msgs[1].Unanswered || msgs[1].Reply.Code != 250 {
+		t.Fatalf("first unanswered, second accepted? %+v / %+v", msgs[0].Reply, msgs[1].Reply)
+	}
+	waitEmpty(t, m.Store())
+	if first, second := <-outcomes, <-outcomes; first != queue.OutcomeUnknown || second != queue.OutcomeDelivered {
+		t.Fatalf("outcomes %v, %v", first, second)
+	}
+}
