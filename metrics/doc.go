@@ -28,7 +28,7 @@
 //	hamail_smtp_connections_total{host,result}          new connections: ok, error
 //	hamail_smtp_hosts_skipped_total{host,reason}        breaker_open, host_down, half_open_busy
 //	hamail_smtp_replies_total{host,stage,class}         deciding replies: 2xx, 4xx, 5xx
-//	hamail_smtp_breaker_state{host}                     0 closed, 1 half-open, 2 open
+//	hamail_smtp_breaker_state{host}                     0 closed, 1 half-open, 2 open (from the first change on)
 //	hamail_smtp_breaker_trips_total{host}               transitions to open
 //	hamail_smtp_pool_connections{client,state}          pooled connections: busy, idle (WatchClient)
 //	hamail_smtp_pool_waiting{client}                    sends waiting for a connection slot
