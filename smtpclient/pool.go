@@ -272,9 +272,19 @@ func (p *pool[C]) close() {
 		h.signal()
 	}
 	p.mu.Unlock()
+	// Each close is a polite QUIT bounded by Timeouts.Quit: run them side
+	// by side, a few at a time, so that Close takes about one QUIT however
+	// many hosts direct delivery met, and returns only when all are done.
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
 	for _, pc := range all {
-		pc.c.Close()
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			pc.c.Close()
+		})
 	}
+	wg.Wait()
 }
 
 func (p *pool[C]) stats() Stats {

@@ -3,6 +3,7 @@ package smtpclient
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,11 +90,20 @@ func TestPoolClose(t *testing.T) {
 	t.Parallel()
 	p := newPool[countingCloser](PoolOptions{IdleTimeout: time.Hour}, time.Now)
 	var closed atomic.Int32
-	p.acquire(context.Background(), "h")
-	p.put("h", p.opened("h", countingCloser{&closed}))
+	// Idle connections to many hosts, more than are closed at once.
+	for i := range 20 {
+		h := fmt.Sprintf("h%d", i)
+		p.acquire(context.Background(), h)
+		p.acquire(context.Background(), h)
+		p.put(h, p.opened(h, countingCloser{&closed}))
+		p.put(h, p.opened(h, countingCloser{&closed}))
+	}
 	p.close()
-	if closed.Load() != 1 {
-		t.Fatal("idle connection not closed by close")
+	if n := closed.Load(); n != 40 {
+		t.Fatalf("close closed %d of 40 idle connections before returning", n)
+	}
+	if st := p.stats(); st.Total.Open != 0 || st.Total.Idle != 0 {
+		t.Fatalf("after close: %+v", st.Total)
 	}
 	if _, err := p.acquire(context.Background(), "h"); !errors.Is(err, ErrClosed) {
 		t.Fatalf("acquire after close: %v", err)
