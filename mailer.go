@@ -337,8 +337,8 @@ func (m *Mailer) shutdown() {
 		errs = append(errs, err)
 	}
 	if m.metrics != nil {
-		m.metrics.UnwatchQueue(m.name)
-		m.metrics.UnwatchClient(m.name)
+		m.metrics.UnwatchQueue(m.name, m.store)
+		m.metrics.UnwatchClient(m.name, m.client)
 	}
 	if m.ownStore {
 		if err := m.store.Close(); err != nil && !errors.Is(err, queue.ErrClosed) {

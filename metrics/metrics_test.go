@@ -292,10 +292,17 @@ func TestWatchQueue(t *testing.T) {
 	if _, ok := series(t, reg, "hamail_queue_items", "queue", "stuck"); ok {
 		t.Error("a store that did not answer reports a depth")
 	}
-	m.UnwatchQueue("stuck")
+	m.UnwatchQueue("stuck", slowStore{})
 	if _, ok := series(t, reg, "hamail_queue_up", "queue", "stuck"); ok {
 		t.Error("unwatched queue still reported")
 	}
+	// A store replaced under its name stays watched when the old one is
+	// unwatched.
+	other := memqueue.New(nil)
+	defer other.Close()
+	m.WatchQueue("main", other)
+	m.UnwatchQueue("main", mem)
+	wantSeries(t, reg, 0, "hamail_queue_items", "queue", "main", "state", "due")
 }
 
 // TestLabelsBounded: host labels drop the exchanger's address, and past

@@ -40,10 +40,13 @@ func (m *Metrics) WatchClient(name string, c *smtpclient.Client) {
 	m.pools.mu.Unlock()
 }
 
-// UnwatchClient stops reporting the client watched under name.
-func (m *Metrics) UnwatchClient(name string) {
+// UnwatchClient stops reporting c under name. It does nothing if another
+// client has replaced c under that name since.
+func (m *Metrics) UnwatchClient(name string, c *smtpclient.Client) {
 	m.pools.mu.Lock()
-	delete(m.pools.clients, name)
+	if m.pools.clients[name] == c {
+		delete(m.pools.clients, name)
+	}
 	m.pools.mu.Unlock()
 }
 

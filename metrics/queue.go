@@ -45,10 +45,14 @@ func (m *Metrics) WatchQueue(name string, s queue.Store) {
 	m.queues.mu.Unlock()
 }
 
-// UnwatchQueue stops reporting the queue watched under name.
-func (m *Metrics) UnwatchQueue(name string) {
+// UnwatchQueue stops reporting s under name. It does nothing if another
+// store has replaced s under that name since, so that a process that
+// reopens its queue before the old handle is released keeps its series.
+func (m *Metrics) UnwatchQueue(name string, s queue.Store) {
 	m.queues.mu.Lock()
-	delete(m.queues.stores, name)
+	if m.queues.stores[name] == s {
+		delete(m.queues.stores, name)
+	}
 	m.queues.mu.Unlock()
 }
 
