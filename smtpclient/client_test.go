@@ -478,4 +478,11 @@ func TestSendContextCancelled(t *testing.T) {
 	if s := c.br.state("a"); s != gobreaker.StateClosed {
 		t.Fatalf("cancellation counted against the host: %v", s)
 	}
+	// Cancelling closed the connection: the server sees it go.
+	if werr := a.WaitIdle(wctx); werr != nil {
+		t.Fatalf("connection left open after cancel: %v", werr)
+	}
+	if st := c.Stats().Hosts["a"]; st.Open != 0 || st.Idle != 0 {
+		t.Fatalf("pool keeps the cancelled connection: %+v", st)
+	}
 }
