@@ -353,6 +353,45 @@ func TestTimeouts(t *testing.T) {
 			t.Errorf("not a timeout: %v", err)
 		}
 	})
+	t.Run("trickled reply", func(t *testing.T) {
+		t.Parallel()
+		// A server that answers MAIL one byte at a time, never finishing
+		// the line: the timeout bounds the whole reply, not each read.
+		addr := scripted(t, func(r *bufio.Reader, w net.Conn) {
+			io.WriteString(w, "220 mx.example.net\r\n")
+			if !expect(r, "EHLO") {
+				return
+			}
+			io.WriteString(w, "250 mx.example.net\r\n")
+			if !expect(r, "MAIL") {
+				return
+			}
+			io.WriteString(w, "250 ")
+			pace := time.NewTicker(50 * time.Millisecond)
+			defer pace.Stop()
+			for range 400 { // at most 20 s; the client leaves long before
+				<-pace.C
+				if _, err := io.WriteString(w, "x"); err != nil {
+					return
+				}
+			}
+		})
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := NewConn(testCtx(t), nc, &Options{Timeouts: Timeouts{Mail: 500 * time.Millisecond}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Hello(testCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Send(testCtx(t), "s@example.org", nil, rcpts("a@example.net"), strings.NewReader("x"))
+		if ce := wantConnErr(t, err, StageMail); !ce.Timeout() {
+			t.Errorf("not a timeout: %v", err)
+		}
+	})
 	t.Run("context deadline", func(t *testing.T) {
 		t.Parallel()
 		s := smtptest.NewServer(t, nil)
