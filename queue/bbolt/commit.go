@@ -139,7 +139,7 @@ func (s *Store) commit(batch []*request) {
 		if ab != nil {
 			err = ab.err
 		}
-		err = storageErr(err)
+		err = s.commitErr(err)
 		for _, r := range group {
 			r.err = err
 		}

@@ -29,6 +29,10 @@ func TestMain(m *testing.M) {
 		crashChild(dir)
 		os.Exit(0)
 	}
+	if dir := os.Getenv(fullEnv); dir != "" {
+		fullChild(dir)
+		os.Exit(0)
+	}
 	os.Exit(m.Run())
 }
 

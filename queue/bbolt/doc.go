@@ -57,9 +57,19 @@
 // A record that fails its checksum or cannot be decoded is quarantined when
 // Lease meets it: moved to the dead bucket, counted in Stats.Quarantined,
 // and named in an error wrapping queue.ErrCorrupt that Lease returns with
-// the good items, so the rest of the queue keeps flowing. A full disk or
-// Options.MaxSize makes the operation fail with queue.ErrStorageFull, and
-// nothing of it is written.
+// the good items, so the rest of the queue keeps flowing. Records are also
+// refused when their envelope would not pass queue.Envelope.Validate, so a
+// damaged record never reaches an SMTP command line. A body that is gone or
+// has another length than its record says makes Body fail with
+// queue.ErrCorrupt naming the item.
+//
+// A full disk, a file size limit (RLIMIT_FSIZE) or Options.MaxSize makes
+// the operation fail with queue.ErrStorageFull, and nothing of it is
+// written: a commit either lands whole or not at all, and a spool file
+// whose record did not commit is removed. bbolt reports a failure to grow
+// its file without the system error, so after a failed commit the store
+// checks whether the file system (or the process's file size limit) still
+// has room for the next growth and says so in the error.
 //
 // # Lifecycle
 //

@@ -94,6 +94,16 @@ func decodeRecord(b []byte) (*record, error) {
 	if r.Ret > uint8(queue.RetHeaders) || r.Created <= 0 || r.Next <= 0 || r.BodySize < 0 || r.Attempts < 0 {
 		return nil, fmt.Errorf("field out of range")
 	}
+	// What Enqueue would refuse must not reach an SMTP command line from
+	// a damaged record either.
+	env := queue.Envelope{From: r.From, EnvID: r.EnvID, Ret: queue.Ret(r.Ret), SMTPUTF8: r.UTF8, Size: r.Size,
+		Recipients: make([]queue.Recipient, len(r.Rcpts))}
+	for i, rc := range r.Rcpts {
+		env.Recipients[i] = queue.Recipient{Address: rc.Addr, Notify: queue.Notify(rc.Notify), ORcpt: rc.ORcpt}
+	}
+	if err := env.Validate(); err != nil {
+		return nil, fmt.Errorf("envelope: %v", err)
+	}
 	return r, nil
 }
 

@@ -272,10 +272,31 @@ func firstDue(tx *bolt.Tx) int64 {
 	return int64(binary.BigEndian.Uint64(k))
 }
 
-// storageErr turns a full disk or a full database into ErrStorageFull.
+// storageErr turns a full disk, a file size limit or a full database into
+// ErrStorageFull.
 func storageErr(err error) error {
-	if errors.Is(err, berrors.ErrMaxSizeReached) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+	if isFull(err) {
 		return fmt.Errorf("%w: %w", queue.ErrStorageFull, err)
+	}
+	return err
+}
+
+func isFull(err error) bool {
+	return errors.Is(err, queue.ErrStorageFull) || errors.Is(err, berrors.ErrMaxSizeReached) ||
+		errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EFBIG)
+}
+
+// commitErr classifies a failed commit. bbolt reports a failure to grow
+// its file as text only ("file resize error: ..."), without the errno, so
+// when the cause is not known the file system is asked whether the file
+// still has room for its next growth: if not, the failure is reported as
+// ErrStorageFull, with what was measured.
+func (s *Store) commitErr(err error) error {
+	if isFull(err) {
+		return storageErr(err)
+	}
+	if why := s.noRoom(); why != "" {
+		return fmt.Errorf("%w (%s): %w", queue.ErrStorageFull, why, err)
 	}
 	return err
 }
