@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
+	"github.com/hamail/hamail/health"
 	"github.com/hamail/hamail/imapfailover"
 )
 
@@ -45,6 +46,8 @@ type config struct {
 	existing   bool
 	body       bool
 	heartbeat  time.Duration
+	probe      time.Duration
+	hold       time.Duration
 	timeout    time.Duration
 	retryMin   time.Duration
 	retryMax   time.Duration
@@ -84,6 +87,8 @@ func parseConfig(args, env []string, stderr io.Writer) (*config, error) {
 		existing     = fs.Bool("existing", false, "on the very first run, also emit the messages already in the mailbox")
 		body         = fs.Bool("body", false, "include the whole message, base64-encoded, in the \"raw\" field")
 		heartbeat    = fs.Duration("heartbeat", time.Minute, "how often to leave IDLE and check that the replica still answers")
+		hold         = fs.Duration("failure-hold", 5*time.Second, "how long a replica that failed is tried only after the others")
+		probe        = fs.Duration("probe", 30*time.Second, "how often to probe each replica (greeting and LOGIN), so that the preferred one is used again once it is back; 0 disables")
 		timeout      = fs.Duration("timeout", 30*time.Second, "how long a replica may stay silent during a command before it is given up")
 		retryMin     = fs.Duration("retry-min", time.Second, "first pause before retrying a failed POST")
 		retryMax     = fs.Duration("retry-max", time.Minute, "longest pause between POST retries")
@@ -104,7 +109,7 @@ func parseConfig(args, env []string, stderr io.Writer) (*config, error) {
 	}
 	c := &config{
 		user: *user, mailbox: *mailbox, stateDir: *stateDir, caFile: *caFile, serverName: *serverName,
-		postURL: *postURL, existing: *existing, body: *body, heartbeat: *heartbeat, timeout: *timeout,
+		postURL: *postURL, existing: *existing, body: *body, heartbeat: *heartbeat, probe: *probe, hold: *hold, timeout: *timeout,
 		retryMin: *retryMin, retryMax: *retryMax, verbose: *verbose,
 	}
 	for r := range strings.SplitSeq(*replicas, ",") {
@@ -169,8 +174,8 @@ func parseConfig(args, env []string, stderr io.Writer) (*config, error) {
 			return nil, fmt.Errorf("-url: %q is not an http or https URL", c.postURL)
 		}
 	}
-	if c.heartbeat <= 0 || c.timeout <= 0 || c.retryMin <= 0 || c.retryMax < c.retryMin {
-		return nil, errors.New("-heartbeat, -timeout and -retry-min must be positive, -retry-max at least -retry-min")
+	if c.heartbeat <= 0 || c.timeout <= 0 || c.retryMin <= 0 || c.retryMax < c.retryMin || c.probe < 0 || c.hold < 0 {
+		return nil, errors.New("-heartbeat, -timeout and -retry-min must be positive, -retry-max at least -retry-min, -probe and -failure-hold not negative")
 	}
 	return c, nil
 }
@@ -221,12 +226,50 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) int 
 		}
 		replicas = append(replicas, r)
 	}
+	// With several replicas, a health checker probes them so that Watch
+	// moves back to the preferred one once it is up again (at a
+	// heartbeat); without it Watch stays where a failover took it.
+	var checker *health.Checker
+	if cfg.probe > 0 && len(replicas) > 1 {
+		checker = health.New(&health.Options{Interval: cfg.probe, FastInterval: max(cfg.probe/4, 100*time.Millisecond),
+			DownInterval: cfg.probe, Timeout: cfg.timeout, Logger: log})
+		for _, r := range replicas {
+			t := health.Target{Name: r.Name, Address: r.Addr, Kind: health.ProbeIMAP,
+				TLSConfig: r.TLSConfig, Username: r.Username, Password: r.Password}
+			switch r.TLS {
+			case imapfailover.TLSImplicit:
+				t.TLS = health.ImplicitTLS
+			case imapfailover.TLSStartTLS:
+				t.TLS = health.StartTLS
+			}
+			if err := checker.AddTarget(t); err != nil {
+				fmt.Fprintln(stderr, "mailwatch:", err)
+				return exitUsage
+			}
+		}
+		probeCtx, stopProbes := context.WithCancel(ctx)
+		probesDone := make(chan struct{})
+		go func() {
+			defer close(probesDone)
+			_ = checker.Run(probeCtx) // returns when probeCtx ends
+		}()
+		defer func() {
+			stopProbes()
+			<-probesDone
+		}()
+	}
+	var view health.View
+	if checker != nil {
+		view = checker
+	}
 	pool, err := imapfailover.New(&imapfailover.Options{
+		Health:         view,
 		Replicas:       replicas,
 		MaxConns:       2,
 		CommandTimeout: cfg.timeout,
 		DialTimeout:    cfg.timeout,
 		Heartbeat:      cfg.heartbeat,
+		FailureHold:    cfg.hold,
 		ReconnectDelay: time.Second,
 		Logger:         log,
 	})

@@ -471,3 +471,52 @@ func TestImplicitTLSTrustsTheGivenCA(t *testing.T) {
 		t.Errorf("read %d messages from an untrusted replica", len(bad.records))
 	}
 }
+
+func TestMovesBackToThePreferredReplica(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, nil)
+	primary, backup := s.Replica(0), s.Replica(1)
+	env := []string{"MAILWATCH_PASSWORD=" + s.Password()}
+	out := newLines(t)
+	stop := start(t, watchArgs(s, t.TempDir(), "-existing", "-probe", "100ms", "-heartbeat", "300ms", "-failure-hold", "300ms"), env, out)
+
+	appendMessages(t, s, 1, 1)
+	if got := out.wait(1); got[0].Replica != primary.Addr() {
+		t.Fatalf("first message read from %s, want the preferred %s", got[0].Replica, primary.Addr())
+	}
+	if err := primary.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	appendMessages(t, s, 2, 2)
+	if got := out.wait(2); got[1].Replica != backup.Addr() {
+		t.Fatalf("message after the kill read from %s, want %s", got[1].Replica, backup.Addr())
+	}
+	if err := primary.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Once probes see the preferred replica up, a heartbeat moves the
+	// watch back. Mail keeps arriving, one message every 50 ms, until one
+	// is read there.
+	n := 2
+	arrivals := time.NewTicker(50 * time.Millisecond)
+	defer arrivals.Stop()
+	deadline := time.After(20 * time.Second)
+	for back := false; !back; {
+		select {
+		case <-deadline:
+			t.Fatalf("never moved back to %s after %d messages", primary.Addr(), n)
+		case <-arrivals.C:
+		}
+		n++
+		appendMessages(t, s, n, n)
+		got := out.wait(n)
+		back = got[n-1].Replica == primary.Addr()
+	}
+	stop()
+	ids := messageIDs(out.wait(n))
+	for i := 1; i <= n; i++ {
+		if c := ids[fmt.Sprintf("order-%d@example.org", i)]; c != 1 {
+			t.Errorf("order %d emitted %d times, want once", i, c)
+		}
+	}
+}
