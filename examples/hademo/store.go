@@ -146,7 +146,6 @@ type storeCounts struct {
 	AcceptedTwice int            // acceptances after the first of a Message-ID
 	Unanswered    int
 	Stored        int
-	IDs           map[string]bool
 	Err           error
 }
 
@@ -154,12 +153,11 @@ func (s *mailStore) counts() storeCounts {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := storeCounts{Unique: len(s.accepts), ByHost: map[string]int{}, Unanswered: s.unanswered,
-		Stored: s.stored, IDs: map[string]bool{}, Err: s.err}
+		Stored: s.stored, Err: s.err}
 	for h, n := range s.byHost {
 		c.ByHost[h] = n
 	}
-	for id, hosts := range s.accepts {
-		c.IDs[id] = true
+	for _, hosts := range s.accepts {
 		c.AcceptedTwice += len(hosts) - 1
 	}
 	return c

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -213,5 +212,3 @@ func (k *kit) close() {
 		cs[i]()
 	}
 }
-
-var errStopped = errors.New("hademo: stopped")
