@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -70,4 +71,74 @@ func TestDSNVariants(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzNewDSN checks that whatever the envelope, the server's reply and the
+// original message hold, the notice parses back as a multipart/report with
+// one block of fields per recipient reported, no text escapes the field it
+// was put in, and the original comes back as RET asks.
+func FuzzNewDSN(f *testing.F) {
+	f.Add("alice@example.org", "bob@example.net", "rfc822;bob@example.net", "ENV-1", 550, "5.1.1", "no such user", "mx.example.net [192.0.2.1]", testBody, uint8(0), false, false)
+	f.Add("José@example.org", "ñ@example.net", "utf-8;ñ@example.net", "", 451, "4.3.0", "try later\r\nX-Injected: yes", " ", "Subject: ç\r\n\r\nçã\r\n", uint8(2), true, true)
+	f.Add("a@b", "c@d", "", "\r\n", 0, "", "", "", "no header, no newline", uint8(1), false, false)
+	f.Fuzz(func(t *testing.T, from, rcpt, orcpt, envid string, code int, enhanced, text, host, body string, ret uint8, utf8, delay bool) {
+		at := time.Date(2026, 2, 3, 4, 5, 6, 0, time.UTC)
+		kind := queue.NoticeFailure
+		if delay {
+			kind = queue.NoticeDelay
+		}
+		n := &queue.Notice{
+			Kind: kind, ID: "0123456789abcdefghij", Arrival: at, RetryUntil: at.Add(time.Hour),
+			Envelope: queue.Envelope{From: from, EnvID: envid, Ret: queue.Ret(ret % 3), SMTPUTF8: utf8},
+			Recipients: []queue.RecipientState{
+				{Recipient: queue.Recipient{Address: rcpt, ORcpt: orcpt}, Status: queue.StatusFailed, Reply: queue.Reply{Code: code, Enhanced: enhanced, Text: text}, Host: host, LastAttempt: at},
+				{Recipient: queue.Recipient{Address: "carol@example.net"}, Status: queue.StatusFailed, Reply: queue.Reply{Code: 550, Enhanced: "5.7.1", Text: "refused"}},
+			},
+		}
+		raw, err := queue.NewDSN(n, queue.BytesBody([]byte(body)), &queue.DSNOptions{ReportingMTA: "mta.example.org", Date: at, ReturnLimit: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := parseDSN(t, string(raw))
+		if len(r.rcptFields) != 2 {
+			t.Fatalf("%d recipient blocks, want 2", len(r.rcptFields))
+		}
+		if r.msgFields.Get("Reporting-MTA") != "dns; mta.example.org" || len(r.msgFields) > 3 {
+			t.Errorf("per-message fields %v", r.msgFields)
+		}
+		for i, f := range r.rcptFields {
+			action := "failed"
+			if delay {
+				action = "delayed"
+			}
+			if f.Get("Action") != action || !strings.Contains(f.Get("Final-Recipient"), ";") {
+				t.Errorf("recipient %d fields %v", i, f)
+			}
+			st := f.Get("Status")
+			if !regexp.MustCompile(`^[45]\.\d{1,3}\.\d{1,3}$`).MatchString(st) || delay && st[0] != '4' {
+				t.Errorf("recipient %d Status %q for %s", i, st, action)
+			}
+			for k := range f {
+				switch k {
+				case "Original-Recipient", "Final-Recipient", "Action", "Status", "Remote-Mta", "Diagnostic-Code", "Last-Attempt-Date", "Will-Retry-Until":
+				default:
+					t.Errorf("recipient %d has a field %q nobody wrote", i, k)
+				}
+			}
+		}
+		for k := range r.header {
+			switch k {
+			case "From", "To", "Subject", "Date", "Message-Id", "Auto-Submitted", "Mime-Version", "Content-Type":
+			default:
+				t.Errorf("notice header has a field %q nobody wrote", k)
+			}
+		}
+		full := n.Envelope.Ret == queue.RetFull || n.Envelope.Ret == queue.RetUnset && len(body) <= 1000
+		if full && strings.TrimRight(r.original, "\r\n") != strings.TrimRight(body, "\r\n") {
+			t.Errorf("original returned as %q, want %q", r.original, body)
+		}
+		if !full && !strings.HasPrefix(body, strings.TrimRight(r.original, "\r\n")) {
+			t.Errorf("headers returned as %q, not a prefix of %q", r.original, body)
+		}
+	})
 }

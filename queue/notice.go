@@ -162,8 +162,9 @@ func NewDSN(n *Notice, body Body, o *DSNOptions) ([]byte, error) {
 			w.Write([]byte("Action: failed\r\n"))
 		}
 		fmt.Fprintf(w, "Status: %s\r\n", dsnStatus(r, n.Kind))
-		if r.Host != "" {
-			fmt.Fprintf(w, "Remote-MTA: dns; %s\r\n", sanitize(strings.Fields(r.Host)[0], false))
+		if host := strings.Fields(sanitize(r.Host, false)); len(host) > 0 {
+			// "mx.example.net [192.0.2.1]": the name is the first word.
+			fmt.Fprintf(w, "Remote-MTA: dns; %s\r\n", host[0])
 		}
 		if r.Reply.Code != 0 {
 			fmt.Fprintf(w, "Diagnostic-Code: smtp; %s\r\n", sanitize(r.Reply.String(), utf8))
@@ -214,10 +215,12 @@ func NewDSN(n *Notice, body Body, o *DSNOptions) ([]byte, error) {
 
 var enhancedRe = regexp.MustCompile(`^[245]\.\d{1,3}\.\d{1,3}$`)
 
-// dsnStatus picks the Status field (RFC 3464 §2.3.4, codes of RFC 3463).
+// dsnStatus picks the Status field (RFC 3464 §2.3.4, codes of RFC 3463):
+// the reply's enhanced code when its class fits the action (a delay is
+// never reported with a 2 or 5, nor a failure with a 2).
 func dsnStatus(r RecipientState, kind NoticeKind) string {
-	if enhancedRe.MatchString(r.Reply.Enhanced) {
-		return r.Reply.Enhanced
+	if e := r.Reply.Enhanced; enhancedRe.MatchString(e) && (e[0] == '4' || e[0] == '5' && kind == NoticeFailure) {
+		return e
 	}
 	switch {
 	case kind == NoticeDelay:
