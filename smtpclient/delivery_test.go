@@ -390,3 +390,72 @@ func TestAuthMechanismNotOffered(t *testing.T) {
 		t.Fatalf("%+v", rr)
 	}
 }
+
+// TestConcurrentSendsSurviveARelayDying: many Sends share two relays of one
+// tier; one relay dies in the middle of the run, cutting whatever sessions
+// it had. Every message ends delivered exactly once, except those cut
+// after their final dot, which are reported Unknown and exist at most once.
+func TestConcurrentSendsSurviveARelayDying(t *testing.T) {
+	t.Parallel()
+	a, b := server(t, nil), server(t, nil)
+	c := newTestClient(t, &Options{
+		Relays:  []Relay{{Name: "a", Addr: a.Addr()}, {Name: "b", Addr: b.Addr()}},
+		Pool:    PoolOptions{MaxPerHost: 4, IdleTimeout: time.Minute},
+		Breaker: BreakerOptions{Failures: 2, OpenTimeout: time.Hour},
+	})
+	const senders, each = 6, 15
+	outcomes := make([][]RecipientResult, senders)
+	var wg sync.WaitGroup
+	for g := range senders {
+		wg.Go(func() {
+			for i := range each {
+				res, err := c.Send(testCtx(t), testMessage(fmt.Sprintf("r%d-%d@example.com", g, i)))
+				if err != nil {
+					t.Errorf("send %d-%d: %v", g, i, err)
+					return
+				}
+				outcomes[g] = append(outcomes[g], res.Recipients[0])
+			}
+		})
+	}
+	if _, err := a.Wait(testCtx(t), func(s smtptest.Stats) bool { return s.Messages >= 10 }); err != nil {
+		t.Fatal(err)
+	}
+	a.Stop()
+	wg.Wait()
+
+	copies := map[string]int{}
+	for _, s := range []*smtptest.Server{a, b} {
+		for _, m := range s.Messages() {
+			for _, r := range m.Rcpts {
+				copies[r.Addr]++
+			}
+		}
+	}
+	var unknown int
+	for _, rs := range outcomes {
+		for _, rr := range rs {
+			switch rr.Outcome {
+			case Delivered:
+				if copies[rr.Recipient] != 1 {
+					t.Errorf("%s delivered by %s, %d copies exist", rr.Recipient, rr.Host, copies[rr.Recipient])
+				}
+			case Unknown:
+				unknown++
+				if copies[rr.Recipient] > 1 {
+					t.Errorf("%s unknown, %d copies exist", rr.Recipient, copies[rr.Recipient])
+				}
+			default:
+				t.Errorf("%s: %+v", rr.Recipient, rr)
+			}
+		}
+	}
+	n := 0
+	for _, rs := range outcomes {
+		n += len(rs)
+	}
+	if n != senders*each {
+		t.Fatalf("%d results for %d messages", n, senders*each)
+	}
+	t.Logf("%d messages, %d unknown after the relay died", senders*each, unknown)
+}
