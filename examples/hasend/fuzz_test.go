@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -74,6 +75,61 @@ func FuzzAddressList(f *testing.F) {
 			if _, err := smtpclient.ParseAddress(a); err != nil {
 				t.Fatalf("address %q from %q refused by smtpclient: %v", a, list, err)
 			}
+		}
+	})
+}
+
+// FuzzParseArgs: any command line (arguments separated by NUL) parses or
+// fails with a usage error; the values it takes come from the arguments.
+func FuzzParseArgs(f *testing.F) {
+	f.Add("-FCronDaemon\x00-i\x00-odi\x00-oem\x00-oi\x00-t\x00-f\x00root")
+	f.Add("--relay=a:1\x00-tif\x00me@example.org\x00--\x00-x@example.org")
+	f.Add("-N\x00success,delay\x00-R\x00hdrs\x00-V\x00id\x00-bm\x00a@b")
+	f.Fuzz(func(t *testing.T, line string) {
+		args := strings.Split(line, "\x00")
+		inv, err := parseArgs(args)
+		if err != nil {
+			var ue *usageError
+			if !errors.As(err, &ue) {
+				t.Fatalf("error of type %T: %v", err, err)
+			}
+			return
+		}
+		for _, r := range inv.rcpts {
+			if !slices.Contains(args, r) {
+				t.Fatalf("recipient %q is not one of the arguments", r)
+			}
+		}
+		for _, kv := range inv.longs {
+			st, ok := lookupSetting(kv.key)
+			if !ok || st.secret {
+				t.Fatalf("long option %q accepted", kv.key)
+			}
+		}
+	})
+}
+
+// FuzzConfigFile: any config file applies or fails with an error naming
+// the file; it never panics.
+func FuzzConfigFile(f *testing.F) {
+	f.Add("relay = a:587, b:587\nuser u\n# c\ntls=verify\ntimeout = 30s\n")
+	f.Add("relay=x\nrelay=y\nnameserver=1.1.1.1\nmx=true\nmx_port=25\nmax_size=10\n")
+	f.Add("unknown-key = 1\n")
+	f.Fuzz(func(t *testing.T, content string) {
+		s := &settings{}
+		if err := readConfigFile(s, "hasend.conf", strings.NewReader(content)); err != nil {
+			if !strings.HasPrefix(err.Error(), "hasend.conf") {
+				t.Fatalf("error does not name the file: %v", err)
+			}
+			return
+		}
+		if s.timeout < 0 || s.maxSize < 0 || s.mxPort < 0 || s.mxPort > 65535 {
+			t.Fatalf("accepted out-of-range values: %+v", s)
+		}
+		switch s.tls {
+		case "", "verify", "encrypt", "may", "none", "implicit":
+		default:
+			t.Fatalf("accepted tls %q", s.tls)
 		}
 	})
 }

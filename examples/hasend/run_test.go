@@ -393,3 +393,22 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	defer s.mu.Unlock()
 	return s.w.Write(p)
 }
+
+func TestDSNOptions(t *testing.T) {
+	t.Parallel()
+	srv := relay(t)
+	r := runHasend(t, []string{"-N", "success,failure", "-R", "hdrs", "-V", "job-42", "-v", "to@example.org"}, relayEnv(srv), "Subject: x\n\nx\n")
+	if r.code != exOK {
+		t.Fatalf("exit %d, stderr: %s", r.code, r.stderr)
+	}
+	m := waitOne(t, srv)
+	if m.MailOpts.Return != smtp.DSNReturnHeaders || m.MailOpts.EnvelopeID != "job-42" {
+		t.Errorf("MAIL parameters RET=%q ENVID=%q, want HDRS and job-42 (RFC 3461)", m.MailOpts.Return, m.MailOpts.EnvelopeID)
+	}
+	if got := m.Rcpts[0].Opts.Notify; !slices.Equal(got, []smtp.DSNNotify{smtp.DSNNotifySuccess, smtp.DSNNotifyFailure}) {
+		t.Errorf("NOTIFY %q, want SUCCESS,FAILURE", got)
+	}
+	if !strings.Contains(r.stderr, "to@example.org: delivered via") || strings.Contains(r.stderr, "s3cret") || strings.Contains(r.stderr, "AGNyb24AczNjcmV0") {
+		t.Errorf("-v output should report the delivery and never the password:\n%s", r.stderr)
+	}
+}

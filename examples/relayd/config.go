@@ -220,9 +220,7 @@ func parseConfig(args []string, stderr io.Writer) (*invocation, error) {
 		if err != nil {
 			return nil, &configError{fmt.Errorf("config: %w", err)}
 		}
-		dec := json.NewDecoder(bytes.NewReader(b))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(d); err != nil {
+		if err := decodeConfig(b, d); err != nil {
 			return nil, &configError{fmt.Errorf("config %s: %w", *configPath, err)}
 		}
 	}
@@ -391,4 +389,18 @@ func smtpRelays(rs []relayConfig) ([]smtpclient.Relay, error) {
 		out = append(out, rl)
 	}
 	return out, nil
+}
+
+// decodeConfig reads a JSON configuration over c: keys it names replace
+// c's values; unknown keys and trailing data are errors.
+func decodeConfig(b []byte, c *Config) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(c); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("data after the configuration object")
+	}
+	return nil
 }

@@ -49,8 +49,13 @@ func parseUsers(path string, r io.Reader) (*users, error) {
 		if !ok || name == "" {
 			return nil, fmt.Errorf("%s:%d: want name:bcrypt-hash", path, n)
 		}
-		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
-			return nil, fmt.Errorf("%s:%d: user %s: not a bcrypt hash (make one with relayd -hash-password): %w", path, n, name, err)
+		cost, err := bcrypt.Cost([]byte(hash))
+		if err != nil || !strings.HasPrefix(hash, "$2") {
+			return nil, fmt.Errorf("%s:%d: user %s: not a bcrypt hash (make one with relayd -hash-password)", path, n, name)
+		}
+		if cost > maxCost {
+			// Each AUTH would take minutes: a denial of service.
+			return nil, fmt.Errorf("%s:%d: user %s: bcrypt cost %d is above %d", path, n, name, cost, maxCost)
 		}
 		if _, dup := u.hashes[name]; dup {
 			return nil, fmt.Errorf("%s:%d: user %s listed twice", path, n, name)
@@ -71,6 +76,10 @@ func parseUsers(path string, r io.Reader) (*users, error) {
 	}
 	return u, nil
 }
+
+// maxCost bounds the bcrypt cost accepted: 2^14 rounds take about a second
+// on a small machine, and every AUTH pays it.
+const maxCost = 14
 
 var errBadCredentials = errors.New("bad credentials")
 
