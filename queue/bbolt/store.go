@@ -453,6 +453,10 @@ func (s *Store) readBody(id string, r io.Reader) (body []byte, size int64, spool
 		limit = 0
 	}
 	var buf bytes.Buffer
+	if l, ok := r.(interface{ Len() int }); ok {
+		// A bytes or strings reader: one allocation instead of a series.
+		buf.Grow(int(min(int64(l.Len()), limit) + 1))
+	}
 	n, err := io.Copy(&buf, io.LimitReader(r, limit+1))
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("reading body: %w", err)
