@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/hamail/hamail/internal/dnstest"
 	"github.com/hamail/hamail/internal/smtptest"
 )
 
@@ -410,5 +412,31 @@ func TestDSNOptions(t *testing.T) {
 	}
 	if !strings.Contains(r.stderr, "to@example.org: delivered via") || strings.Contains(r.stderr, "s3cret") || strings.Contains(r.stderr, "AGNyb24AczNjcmV0") {
 		t.Errorf("-v output should report the delivery and never the password:\n%s", r.stderr)
+	}
+}
+
+func TestDirectToMX(t *testing.T) {
+	t.Parallel()
+	mx := smtptest.NewServer(t, &smtptest.Options{Domain: "mx1.example.org"})
+	_, port, _ := net.SplitHostPort(mx.Addr())
+	zone := dnstest.Start(t)
+	zone.AddMX("example.org.", 300, 10, "mx1.example.org.")
+	zone.AddA("mx1.example.org.", 300, "127.0.0.1")
+	zone.AddMX("null.example.", 300, 0, ".") // RFC 7505
+	zone.AddSOA("example.", 300, 60)
+	environ := map[string]string{"HASEND_DOMAIN": "host.example.org", "USER": "cron"}
+	args := []string{"-mx", "-nameserver", zone.Addr(), "-mx-port", port}
+
+	r := runHasend(t, append(args, "ops@example.org"), environ, "Subject: direct\n\nx\n")
+	if r.code != exOK {
+		t.Fatalf("exit %d, stderr: %s", r.code, r.stderr)
+	}
+	if m := waitOne(t, mx); rcptAddrs(m)[0] != "ops@example.org" {
+		t.Errorf("MX got %q", rcptAddrs(m))
+	}
+	for _, rcpt := range []string{"someone@null.example", "someone@nxdomain.example"} {
+		if r := runHasend(t, append(args, rcpt), environ, "Subject: x\n\nx\n"); r.code != exNoHost {
+			t.Errorf("%s: exit %d, want 68; stderr: %s", rcpt, r.code, r.stderr)
+		}
 	}
 }

@@ -280,8 +280,9 @@ func (d *daemon) stop() bool {
 	if d.server != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), grace)
 		if err := d.server.Shutdown(ctx); err != nil {
-			d.log.Warn("connections cut at the end of the shutdown timeout", "err", err)
-			ok = false
+			// Their messages were not acknowledged: the clients still
+			// hold them, nothing is lost.
+			d.log.Warn("transactions cut at the end of the shutdown timeout", "err", err)
 		}
 		cancel()
 	} else if d.smtpLn != nil {

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -245,5 +247,52 @@ func TestConfigErrors(t *testing.T) {
 		if code != tc.want {
 			t.Errorf("%s: exit %d, want %d; stderr: %s", tc.name, code, tc.want, stderr.String())
 		}
+	}
+}
+
+func TestConnectionAndAuthLimits(t *testing.T) {
+	t.Parallel()
+	hop := nextHop(t)
+	f := newFixture(t)
+	p := startInProcess(t, f.args(hop.Addr(), "-max-connections", "2", "-insecure-auth", "-probe"))
+
+	// Password guessing: three refusals, then the connection may not try
+	// again.
+	r := dialRaw(t, p.smtp)
+	r.cmd("EHLO guesser.example.test")
+	for i := range 3 {
+		if code, msg := r.cmd("AUTH PLAIN AGFsaWNlAHdyb25n"); code != 535 { // \0alice\0wrong
+			t.Fatalf("guess %d: %d %s, want 535", i+1, code, msg)
+		}
+	}
+	if code, msg := r.cmd("AUTH PLAIN AGFsaWNlAGNvcnJlY3QgaG9yc2U="); code != 421 {
+		t.Errorf("AUTH after 3 failures, even with the right password: %d %s; want 421", code, msg)
+	}
+
+	// Two connections are open (r and this one); a third is turned away.
+	r2 := dialRaw(t, p.smtp)
+	c3, err := net.DialTimeout("tcp", p.smtp, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close()
+	c3.SetDeadline(time.Now().Add(20 * time.Second))
+	line, _ := bufio.NewReader(c3).ReadString('\n')
+	if !strings.HasPrefix(line, "421 ") {
+		t.Errorf("connection beyond max-connections got %q, want a 421", line)
+	}
+	r2.cmd("QUIT")
+
+	// With -probe the relays' health is served.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, body := httpGet(t, "http://"+p.http+"/healthz/relays")
+		if code == http.StatusOK && strings.Contains(body, hop.Addr()) && strings.Contains(body, `"up"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/healthz/relays never reported the next hop up: %d %s", code, body)
+		}
+		time.Sleep(100 * time.Millisecond) // polling the probe's result, bounded by the deadline
 	}
 }

@@ -200,9 +200,13 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 		}
 		l.s.mu.Unlock()
 		if full || draining {
-			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			io.WriteString(c, "421 4.7.0 "+l.s.o.Hostname+" too many connections, try again later\r\n")
-			c.Close()
+			// Not in the accept loop: a client that does not read must
+			// not hold up the others.
+			go func() {
+				c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				io.WriteString(c, "421 4.7.0 "+l.s.o.Hostname+" too many connections, try again later\r\n")
+				c.Close()
+			}()
 			continue
 		}
 		return tc, nil
@@ -219,7 +223,14 @@ type trackedConn struct {
 	inTxn   bool
 	closing bool
 	once    sync.Once
+
+	// authFailures counts refused AUTH attempts; past maxAuthFailures the
+	// connection may not try again (a password guesser must reconnect,
+	// within MaxConnections).
+	authFailures int
 }
+
+const maxAuthFailures = 3
 
 func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
@@ -328,9 +339,13 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	if mech != sasl.Plain {
 		return nil, smtp.ErrAuthUnknownMechanism
 	}
+	if ss.tc.authFailures >= maxAuthFailures {
+		return nil, smtpErr(421, smtp.EnhancedCode{4, 7, 0}, "Too many authentication failures, closing")
+	}
 	return sasl.NewPlainServer(func(identity, username, password string) error {
 		if ss.s.o.Users == nil || !sameIdentity(identity, username) || ss.s.o.Users.verify(username, password) != nil {
-			ss.s.log.Warn("auth failed", "remote", ss.remote, "user", username)
+			ss.tc.authFailures++
+			ss.s.log.Warn("auth failed", "remote", ss.remote, "user", username, "failures", ss.tc.authFailures)
 			return smtp.ErrAuthFailed
 		}
 		ss.user = username
