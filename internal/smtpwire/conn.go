@@ -475,7 +475,9 @@ func (c *Conn) Auth(ctx context.Context, a sasl.Client) error {
 		if err != nil {
 			return c.cancelAuth(ctx, fmt.Errorf("smtpwire: AUTH %s: %w", mech, err))
 		}
-		rep, err = c.roundTrip(ctx, StageAuth, c.t.Auth, encodeSASL(resp), "<redacted>")
+		// A response is plain base64, so an empty one is an empty line;
+		// "=" stands for an empty initial response only (RFC 4954 §4).
+		rep, err = c.roundTrip(ctx, StageAuth, c.t.Auth, base64.StdEncoding.EncodeToString(resp), "<redacted>")
 	}
 	if err != nil {
 		return err
@@ -498,6 +500,7 @@ func (c *Conn) cancelAuth(ctx context.Context, cause error) error {
 	return cause
 }
 
+// encodeSASL encodes an initial response (RFC 4954 §4).
 func encodeSASL(b []byte) string {
 	if len(b) == 0 {
 		return "="
