@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/hamail/hamail/queue"
 	"github.com/hamail/hamail/queue/memqueue"
@@ -46,4 +47,67 @@ func ExampleRunner() {
 	// Output:
 	// delivering to customer@example.net
 	// left in the queue: 0
+}
+
+func ExampleRetry() {
+	// Postfix's defaults, without jitter so that the output is fixed.
+	sched := queue.Retry{Jitter: -1}
+	created := time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC)
+	now := created
+	for range 8 {
+		next, ok := sched.Next(created, now)
+		if !ok {
+			break
+		}
+		fmt.Println(next.Sub(now).Round(time.Minute))
+		now = next
+	}
+	// Output:
+	// 5m0s
+	// 5m0s
+	// 10m0s
+	// 20m0s
+	// 40m0s
+	// 1h7m0s
+	// 1h7m0s
+	// 1h7m0s
+}
+
+func ExampleNewDSN() {
+	at := time.Date(2026, 1, 5, 9, 0, 0, 0, time.UTC)
+	n := &queue.Notice{
+		Kind:     queue.NoticeFailure,
+		ID:       "0123456789abcdefghij",
+		Envelope: queue.Envelope{From: "shop@example.org", Ret: queue.RetHeaders},
+		Arrival:  at,
+		Recipients: []queue.RecipientState{{
+			Recipient: queue.Recipient{Address: "nobody@example.net"},
+			Status:    queue.StatusFailed,
+			Reply:     queue.Reply{Code: 550, Enhanced: "5.1.1", Text: "no such user"},
+			Host:      "mx1.example.net [192.0.2.1]",
+		}},
+	}
+	original := queue.BytesBody([]byte("From: shop@example.org\r\nSubject: Your order\r\n\r\nThanks!\r\n"))
+	dsn, err := queue.NewDSN(n, original, &queue.DSNOptions{ReportingMTA: "mta.example.org", Date: at})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	// It is enqueued with the null reverse path to shop@example.org; here
+	// are its machine-readable fields, then the returned header (RET=HDRS).
+	for line := range strings.SplitSeq(string(dsn), "\r\n") {
+		for _, f := range []string{"Subject:", "Reporting-MTA:", "Final-Recipient:", "Action:", "Status:", "Diagnostic-Code:"} {
+			if strings.HasPrefix(line, f) {
+				fmt.Println(line)
+			}
+		}
+	}
+	// Output:
+	// Subject: Undelivered Mail Returned to Sender
+	// Reporting-MTA: dns; mta.example.org
+	// Final-Recipient: rfc822; nobody@example.net
+	// Action: failed
+	// Status: 5.1.1
+	// Diagnostic-Code: smtp; 550 5.1.1 no such user
+	// Subject: Your order
 }
