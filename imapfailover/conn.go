@@ -1,6 +1,7 @@
 package imapfailover
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -21,14 +22,23 @@ import (
 // deadline of "timeout after the last byte received", so a stalled
 // command fails, and the client then closes the connection. Deadlines that
 // go-imap sets itself are kept when they are sooner.
+//
+// It also bounds the length of a response line: go-imap buffers a whole
+// line in memory, so a server sending one without end would exhaust it.
+// Literals (message bodies) count too; mail has a line break at least
+// every 998 octets (RFC 5322 §2.1.1), so only a broken or hostile server
+// reaches the limit.
 type watchConn struct {
 	net.Conn
+	maxLine int
 
 	mu      sync.Mutex
 	armed   time.Duration
 	libRead time.Time
 
+	line     int // bytes read since the last LF; only Read touches it
 	timedOut atomic.Bool
+	tooLong  atomic.Bool
 }
 
 func (w *watchConn) effectiveLocked() time.Time {
@@ -54,6 +64,16 @@ func (w *watchConn) disarm() { w.arm(0) }
 
 func (w *watchConn) Read(b []byte) (int, error) {
 	n, err := w.Conn.Read(b)
+	if i := bytes.LastIndexByte(b[:n], '\n'); i >= 0 {
+		w.line = n - i - 1
+	} else {
+		w.line += n
+	}
+	if w.maxLine > 0 && w.line > w.maxLine {
+		w.tooLong.Store(true)
+		w.Conn.Close()
+		return 0, ErrLineTooLong
+	}
 	if n > 0 {
 		w.mu.Lock()
 		if w.armed > 0 {
@@ -185,6 +205,9 @@ func (c *Conn) exec(ctx context.Context, op string, timeout time.Duration, fn fu
 			cause = context.Canceled
 		}
 		return &Error{Replica: c.rep.name, Op: op, Err: cause}
+	case c.raw.tooLong.Load():
+		c.broken.Store(true)
+		return &Error{Replica: c.rep.name, Op: op, Err: ErrLineTooLong}
 	case c.raw.timedOut.Load():
 		c.broken.Store(true)
 		c.raw.Conn.Close()
@@ -253,7 +276,7 @@ func (p *Pool) dial(ctx context.Context, rs *replicaState) (*Conn, error) {
 	if err != nil {
 		return nil, &Error{Replica: rs.name, Op: "dial", Err: err}
 	}
-	wc := &watchConn{Conn: nc}
+	wc := &watchConn{Conn: nc, maxLine: p.opts.MaxLineLength}
 	wc.arm(p.opts.DialTimeout)
 	// The whole handshake is bounded by DialTimeout and ctx.
 	stop := context.AfterFunc(dctx, func() { nc.Close() })
@@ -278,10 +301,13 @@ func (p *Pool) dial(ctx context.Context, rs *replicaState) (*Conn, error) {
 		if c.client != nil {
 			<-c.client.Closed()
 		}
-		if dctx.Err() != nil && ctx.Err() == nil {
-			err = fmt.Errorf("%w: %w", ErrTimeout, err)
-		} else if ctx.Err() != nil {
+		switch {
+		case ctx.Err() != nil:
 			err = ctx.Err()
+		case wc.tooLong.Load():
+			err = ErrLineTooLong
+		case dctx.Err() != nil || wc.timedOut.Load():
+			err = fmt.Errorf("%w: %w", ErrTimeout, err)
 		}
 		return nil, &Error{Replica: rs.name, Op: op, Err: err}
 	}

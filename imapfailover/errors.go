@@ -14,6 +14,9 @@ var (
 	// ErrTimeout: a command got no byte from the server within
 	// Options.CommandTimeout and its connection was closed.
 	ErrTimeout = errors.New("imapfailover: command timed out")
+	// ErrLineTooLong: the server sent a response line longer than
+	// Options.MaxLineLength and the connection was closed.
+	ErrLineTooLong = errors.New("imapfailover: response line too long")
 	// ErrConnLost: the connection broke while a command was running; the
 	// command may or may not have taken effect on the server.
 	ErrConnLost = errors.New("imapfailover: connection lost")

@@ -89,6 +89,13 @@ type Options struct {
 	// without receiving a byte; when it passes the connection is closed,
 	// because go-imap has no read deadlines of its own. Default 30 s.
 	CommandTimeout time.Duration
+	// MaxLineLength bounds a response line, literals included, in bytes;
+	// a longer one closes the connection with ErrLineTooLong, because
+	// go-imap holds a whole line in memory. It must exceed the largest
+	// UID SEARCH answer expected (about 7 bytes per message without
+	// ESEARCH, so 16 MiB is about two million messages). Default 16 MiB;
+	// negative means no limit.
+	MaxLineLength int
 	// Heartbeat is how often Watch leaves IDLE to send NOOP, which finds
 	// half-open connections; well under the 29 minutes of RFC 2177.
 	// Default 4 min.
@@ -130,6 +137,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if d.CommandTimeout <= 0 {
 		d.CommandTimeout = 30 * time.Second
+	}
+	if d.MaxLineLength == 0 {
+		d.MaxLineLength = 16 << 20
 	}
 	if d.Heartbeat <= 0 {
 		d.Heartbeat = 4 * time.Minute

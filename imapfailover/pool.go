@@ -48,6 +48,7 @@ type Pool struct {
 	mu     sync.Mutex
 	closed bool
 	open   map[*Conn]struct{}
+	idleCh chan struct{} // closed when a connection goes idle, see idleSignal
 }
 
 // New checks the options and returns a Pool. It does no I/O.
@@ -56,7 +57,7 @@ func New(opts *Options) (*Pool, error) {
 	if len(o.Replicas) == 0 {
 		return nil, errors.New("imapfailover: no replicas configured")
 	}
-	p := &Pool{opts: o, slots: make(chan struct{}, o.MaxConns), open: make(map[*Conn]struct{})}
+	p := &Pool{opts: o, slots: make(chan struct{}, o.MaxConns), open: make(map[*Conn]struct{}), idleCh: make(chan struct{})}
 	seen := map[string]bool{}
 	for i, r := range o.Replicas {
 		if r.Addr == "" {
@@ -88,6 +89,7 @@ func (p *Pool) Close() error {
 		conns = append(conns, c)
 	}
 	p.mu.Unlock()
+	p.signalIdle() // waiters in get see the pool closed
 	for _, rs := range p.replicas {
 		rs.mu.Lock()
 		rs.idle = nil
@@ -176,25 +178,20 @@ func (p *Pool) order() []*replicaState {
 	return out
 }
 
-// acquire takes a connection slot, closing an idle connection of any
-// replica when every slot is taken.
-func (p *Pool) acquire(ctx context.Context) error {
-	for {
-		select {
-		case p.slots <- struct{}{}:
-			return nil
-		default:
-		}
-		if p.evictIdle() {
-			continue
-		}
-		select {
-		case p.slots <- struct{}{}:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+// idleSignal returns a channel closed the next time a connection goes
+// idle or the pool closes. Take it before looking, so no wake-up is
+// missed.
+func (p *Pool) idleSignal() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.idleCh
+}
+
+func (p *Pool) signalIdle() {
+	p.mu.Lock()
+	close(p.idleCh)
+	p.idleCh = make(chan struct{})
+	p.mu.Unlock()
 }
 
 func (p *Pool) evictIdle() bool {
@@ -213,9 +210,11 @@ func (p *Pool) evictIdle() bool {
 }
 
 // get returns a checked connection to rs: an idle one that answered NOOP,
-// or a new one.
+// or a new one. When MaxConns connections are open it closes an idle one
+// of another replica, or waits until a connection is closed or goes idle.
 func (p *Pool) get(ctx context.Context, rs *replicaState) (*Conn, error) {
 	for {
+		sig := p.idleSignal()
 		p.mu.Lock()
 		closed := p.closed
 		p.mu.Unlock()
@@ -229,22 +228,37 @@ func (p *Pool) get(ctx context.Context, rs *replicaState) (*Conn, error) {
 			rs.idle = rs.idle[:n-1]
 		}
 		rs.mu.Unlock()
-		if c == nil {
-			break
-		}
-		// A pooled connection may have died quietly: check before reuse.
-		if err := c.Noop(ctx); err != nil {
-			p.discard(c)
-			if ctx.Err() != nil {
-				return nil, err
+		if c != nil {
+			// A pooled connection may have died quietly: check before reuse.
+			if err := c.Noop(ctx); err != nil {
+				p.discard(c)
+				if ctx.Err() != nil {
+					return nil, err
+				}
+				continue
 			}
+			return c, nil
+		}
+		select {
+		case p.slots <- struct{}{}:
+			return p.open1(ctx, rs)
+		default:
+		}
+		if p.evictIdle() {
 			continue
 		}
-		return c, nil
+		select {
+		case p.slots <- struct{}{}:
+			return p.open1(ctx, rs)
+		case <-sig:
+		case <-ctx.Done():
+			return nil, &Error{Replica: rs.name, Op: "dial", Err: ctx.Err()}
+		}
 	}
-	if err := p.acquire(ctx); err != nil {
-		return nil, &Error{Replica: rs.name, Op: "dial", Err: err}
-	}
+}
+
+// open1 dials rs with the slot already taken.
+func (p *Pool) open1(ctx context.Context, rs *replicaState) (*Conn, error) {
 	c, err := p.dial(ctx, rs)
 	p.opts.Hooks.connected(rs.name, err)
 	if err != nil {
@@ -277,6 +291,7 @@ func (p *Pool) put(c *Conn) {
 	if len(rs.idle) < p.opts.MaxIdle {
 		rs.idle = append(rs.idle, c)
 		rs.mu.Unlock()
+		p.signalIdle()
 		return
 	}
 	rs.mu.Unlock()
