@@ -112,7 +112,8 @@ func (c *Client) attempt(ctx context.Context, s *sendState, t *target, rcpts []p
 func (c *Client) session(ctx context.Context, s *sendState, t *target, rcpts []parsedRecipient, end *sessionEnd) (next []parsedRecipient, reused bool, err error) {
 	key := t.key()
 	// failAll applies one failure to every recipient not yet decided.
-	failAll := func(ps []parsedRecipient, stage Stage, err error, r *Reply) {
+	// It returns the *Error the recipients got.
+	failAll := func(ps []parsedRecipient, stage Stage, err error, r *Reply) error {
 		v := classify(stage, err)
 		end.note(v, err)
 		e := &Error{Host: key, Stage: stage, Reply: r, Outcome: v.outcome, Err: err}
@@ -122,18 +123,26 @@ func (c *Client) session(ctx context.Context, s *sendState, t *target, rcpts []p
 				next = append(next, p)
 			}
 		}
+		return e
+	}
+	// batchErr is the *Error a recipient of batch got, for Hooks.AttemptDone.
+	batchErr := func(batch []parsedRecipient, cause error) error {
+		for _, p := range batch {
+			if e := s.res.Recipients[p.index].Err; e != nil {
+				return e
+			}
+		}
+		return &Error{Host: key, Stage: StageMail, Outcome: Temporary, Err: cause}
 	}
 
 	pc, stage, err := c.getConn(ctx, t)
 	if err != nil {
-		failAll(rcpts, stage, err, replyOf(err))
-		return next, false, err
+		return next, false, failAll(rcpts, stage, err, replyOf(err))
 	}
 	reused = pc.reused
 	if perr, r := c.checkPolicy(pc.c, s.env); perr != nil {
 		c.pool.put(key, pc)
-		failAll(rcpts, StagePolicy, perr, r)
-		return next, reused, perr
+		return next, reused, failAll(rcpts, StagePolicy, perr, r)
 	}
 
 	for start := 0; start < len(rcpts); start += c.opts.MaxRecipients {
@@ -146,8 +155,7 @@ func (c *Client) session(ctx context.Context, s *sendState, t *target, rcpts []p
 			if errors.As(terr, &se) {
 				stage, terr = se.stage, se.err
 			}
-			failAll(rcpts[start:], stage, terr, replyOf(terr))
-			return next, reused, terr
+			return next, reused, failAll(rcpts[start:], stage, terr, replyOf(terr))
 		}
 		next = append(next, c.applyReport(s, t, batch, rep, end)...)
 		if rep.broken {
@@ -156,12 +164,15 @@ func (c *Client) session(ctx context.Context, s *sendState, t *target, rcpts []p
 			if len(rest) > 0 {
 				failAll(rest, StageMail, ErrConnectionLost, nil)
 			}
-			return next, reused, firstErr(rep)
+			return next, reused, batchErr(batch, firstErr(rep))
 		}
 		if ctx.Err() != nil {
 			c.pool.discard(key, pc)
-			failAll(rcpts[start+len(batch):], StageMail, ctx.Err(), nil)
-			return next, reused, ctx.Err()
+			rest := rcpts[start+len(batch):]
+			if len(rest) > 0 {
+				return next, reused, failAll(rest, StageMail, ctx.Err(), nil)
+			}
+			return next, reused, &Error{Host: key, Stage: StageMail, Outcome: Temporary, Err: ctx.Err()}
 		}
 	}
 	c.pool.put(key, pc)

@@ -31,7 +31,7 @@ func saslClient(ctx context.Context, a *Auth, addr string) (sasl.Client, error) 
 		}
 		host, portStr, _ := net.SplitHostPort(addr)
 		port, _ := strconv.Atoi(portStr)
-		return sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{Username: a.Username, Token: tok, Host: host, Port: port}), nil
+		return &oauthBearerClient{Client: sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{Username: a.Username, Token: tok, Host: host, Port: port})}, nil
 	}
 	return nil, fmt.Errorf("smtpclient: unknown AUTH mechanism %q", a.Mechanism)
 }
@@ -54,4 +54,21 @@ func (x *xoauth2Client) Next(challenge []byte) ([]byte, error) {
 	}
 	x.failed = true
 	return []byte{}, nil
+}
+
+// oauthBearerClient is go-sasl's OAUTHBEARER client, answering the
+// server's error challenge with the %x01 response RFC 7628 §3.2.3 asks for,
+// so that the server ends the exchange with its own reply (535 5.7.8 or
+// similar) instead of the client cancelling it.
+type oauthBearerClient struct {
+	sasl.Client
+	failed bool
+}
+
+func (o *oauthBearerClient) Next(challenge []byte) ([]byte, error) {
+	if o.failed {
+		return nil, sasl.ErrUnexpectedServerChallenge
+	}
+	o.failed = true
+	return []byte{0x01}, nil
 }

@@ -48,79 +48,98 @@ func TestSASLClients(t *testing.T) {
 	}
 }
 
-// TestXOAUTH2RefusedTokenEndToEnd plays a provider that refuses a token the
-// XOAUTH2 way (a 334 JSON challenge, an empty answer, then 535): the relay
-// is given up for this message without counting against it, the next relay
-// delivers, and the token never reaches the transcript.
-func TestXOAUTH2RefusedTokenEndToEnd(t *testing.T) {
+// TestOAuthRefusedTokenEndToEnd plays a provider that refuses a token the
+// way XOAUTH2 and OAUTHBEARER (RFC 7628 §3.2.2) do: a 334 JSON error
+// challenge, the client's dummy answer, then 535. The relay is given up for
+// this message without counting against it, the next relay delivers, and
+// the token never reaches the transcript.
+func TestOAuthRefusedTokenEndToEnd(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		mech   AuthMechanism
+		ir     string // the initial response the provider must see
+		answer string // the client's answer to the error challenge, as sent
+	}{
+		{AuthXOAUTH2, "user=app@example.org\x01auth=Bearer ya29.expired-token\x01\x01", ""},
+		{AuthOAuthBearer, "n,a=app@example.org,\x01host=127.0.0.1\x01port=PORT\x01auth=Bearer ya29.expired-token\x01\x01", "AQ=="},
 	}
-	t.Cleanup(func() { ln.Close() })
-	got := make(chan []string, 1)
-	go func() {
-		nc, err := ln.Accept()
-		ln.Close()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer nc.Close()
-		nc.SetDeadline(time.Now().Add(30 * time.Second))
-		r := bufio.NewReader(nc)
-		var lines []string
-		read := func() string {
-			l, _ := r.ReadString('\n')
-			l = strings.TrimRight(l, "\r\n")
-			lines = append(lines, l)
-			return l
-		}
-		io.WriteString(nc, "220 smtp.provider.example ESMTP\r\n")
-		read() // EHLO
-		io.WriteString(nc, "250-smtp.provider.example\r\n250-AUTH XOAUTH2\r\n250 8BITMIME\r\n")
-		read() // AUTH XOAUTH2 <initial response>
-		io.WriteString(nc, "334 "+base64.StdEncoding.EncodeToString([]byte(`{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}`))+"\r\n")
-		read() // the empty answer
-		io.WriteString(nc, "535 5.7.8 Username and Password not accepted\r\n")
-		read() // QUIT
-		io.WriteString(nc, "221 bye\r\n")
-		got <- lines
-	}()
-	b := server(t, nil)
-	var tr syncBuffer
-	c := newTestClient(t, &Options{
-		Relays: []Relay{
-			{Name: "provider", Addr: ln.Addr().String(), Priority: 1, TLS: TLSNone, AllowInsecureAuth: true,
-				Auth: &Auth{Mechanism: AuthXOAUTH2, Username: "app@example.org", Token: func(context.Context) (string, error) { return "ya29.expired-token", nil }}},
-			{Name: "backup", Addr: b.Addr(), Priority: 2},
-		},
-		Breaker:    BreakerOptions{Failures: 1},
-		Transcript: &tr,
-	})
-	rr := mustSend(t, c, testMessage("bob@example.com")).Recipients[0]
-	if rr.Outcome != Delivered || rr.Host != "backup" {
-		t.Fatalf("%+v", rr)
-	}
-	var lines []string
-	select {
-	case lines = <-got:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the provider's session did not end")
-	}
-	if len(lines) < 3 {
-		t.Fatalf("provider saw %q", lines)
-	}
-	ir := strings.TrimPrefix(lines[1], "AUTH XOAUTH2 ")
-	dec, err := base64.StdEncoding.DecodeString(ir)
-	if err != nil || string(dec) != "user=app@example.org\x01auth=Bearer ya29.expired-token\x01\x01" || lines[2] != "" {
-		t.Fatalf("provider saw %q (initial response %q)", lines, dec)
-	}
-	if st := c.br.state("provider"); st != gobreaker.StateClosed {
-		t.Fatalf("refused credentials counted against the relay: %v", st)
-	}
-	if l := tr.String(); strings.Contains(l, "ya29") || strings.Contains(l, ir) {
-		t.Fatalf("transcript shows the token:\n%s", l)
+	for _, tc := range tests {
+		t.Run(string(tc.mech), func(t *testing.T) {
+			t.Parallel()
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			got := make(chan []string, 1)
+			go func() {
+				nc, err := ln.Accept()
+				ln.Close()
+				if err != nil {
+					got <- nil
+					return
+				}
+				defer nc.Close()
+				nc.SetDeadline(time.Now().Add(30 * time.Second))
+				r := bufio.NewReader(nc)
+				var lines []string
+				read := func() {
+					l, _ := r.ReadString('\n')
+					lines = append(lines, strings.TrimRight(l, "\r\n"))
+				}
+				io.WriteString(nc, "220 smtp.provider.example ESMTP\r\n")
+				read() // EHLO
+				io.WriteString(nc, "250-smtp.provider.example\r\n250-AUTH XOAUTH2 OAUTHBEARER\r\n250 8BITMIME\r\n")
+				read() // AUTH <mechanism> <initial response>
+				io.WriteString(nc, "334 "+base64.StdEncoding.EncodeToString([]byte(`{"status":"invalid_token","schemes":"bearer","scope":"https://mail.example/"}`))+"\r\n")
+				read() // the dummy answer
+				io.WriteString(nc, "535 5.7.8 Username and Password not accepted\r\n")
+				read() // QUIT
+				io.WriteString(nc, "221 bye\r\n")
+				got <- lines
+			}()
+			b := server(t, nil)
+			var tr syncBuffer
+			c := newTestClient(t, &Options{
+				Relays: []Relay{
+					{Name: "provider", Addr: ln.Addr().String(), Priority: 1, TLS: TLSNone, AllowInsecureAuth: true,
+						Auth: &Auth{Mechanism: tc.mech, Username: "app@example.org", Token: func(context.Context) (string, error) { return "ya29.expired-token", nil }}},
+					{Name: "backup", Addr: b.Addr(), Priority: 2},
+				},
+				Breaker:    BreakerOptions{Failures: 1},
+				Transcript: &tr,
+				Hooks: &Hooks{AttemptDone: func(a Attempt) {
+					var e *Error
+					if a.Host.Name == "provider" && (!errors.As(a.Err, &e) || e.Reply == nil || e.Reply.Code != 535) {
+						t.Errorf("provider attempt ended with %v, want the server's 535", a.Err)
+					}
+				}},
+			})
+			rr := mustSend(t, c, testMessage("bob@example.com")).Recipients[0]
+			if rr.Outcome != Delivered || rr.Host != "backup" {
+				t.Fatalf("%+v", rr)
+			}
+			var lines []string
+			select {
+			case lines = <-got:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the provider's session did not end")
+			}
+			if len(lines) < 3 {
+				t.Fatalf("provider saw %q", lines)
+			}
+			_, port, _ := net.SplitHostPort(ln.Addr().String())
+			ir := strings.TrimPrefix(lines[1], "AUTH "+string(tc.mech)+" ")
+			dec, err := base64.StdEncoding.DecodeString(ir)
+			if err != nil || string(dec) != strings.Replace(tc.ir, "PORT", port, 1) || lines[2] != tc.answer {
+				t.Fatalf("provider saw %q (initial response %q)", lines, dec)
+			}
+			if st := c.br.state("provider"); st != gobreaker.StateClosed {
+				t.Fatalf("refused credentials counted against the relay: %v", st)
+			}
+			if l := tr.String(); strings.Contains(l, "ya29") || strings.Contains(l, ir) {
+				t.Fatalf("transcript shows the token:\n%s", l)
+			}
+		})
 	}
 }

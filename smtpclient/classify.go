@@ -11,6 +11,11 @@ import (
 // source failing).
 var errLocal = errors.New("local failure")
 
+// errAuthExchange marks a SASL exchange the mechanism could not complete
+// (e.g. an OAuth provider's error challenge): the credentials' problem,
+// not the host's.
+var errAuthExchange = errors.New("SASL exchange failed")
+
 // errPolicy marks a message the server cannot take as sent (an extension
 // it lacks).
 var errPolicy = errors.New("server lacks a needed extension")
@@ -62,6 +67,10 @@ func classify(stage Stage, err error) verdict {
 
 	if stage == StageResolve {
 		return classifyResolve(err)
+	}
+	if errors.Is(err, errAuthExchange) {
+		// Like a refused AUTH: another relay may take other credentials.
+		return verdict{outcome: Temporary, next: true}
 	}
 
 	if stage == StagePolicy {

@@ -109,6 +109,11 @@ func (wt wireTransport) dial(ctx context.Context, t *target) (*conn, Stage, erro
 			return giveUp(StagePolicy, fmt.Errorf("%w: %w", errLocal, err))
 		}
 		if err := w.Auth(ctx, sc); err != nil {
+			var ce *smtpwire.ConnError
+			var se *smtp.SMTPError
+			if !errors.As(err, &ce) && !errors.As(err, &se) && !errors.Is(err, smtpwire.ErrProtocol) && ctx.Err() == nil {
+				err = fmt.Errorf("%w: %w", errAuthExchange, err)
+			}
 			return giveUp(StageAuth, err)
 		}
 	}
