@@ -101,6 +101,8 @@ func TestClassify(t *testing.T) {
 		// AUTH rejected: configuration, not the site.
 		{"AUTH 535", StageAuth, reply(535, 5, 7, 8), tmp},
 		{"AUTH 454", StageAuth, reply(454, 4, 7, 0), tmp},
+		{"SASL exchange the mechanism cannot finish", StageAuth, fmt.Errorf("%w: oauth error", errAuthExchange), tmp},
+		{"AUTH connection lost", StageAuth, io.EOF, tmpSite},
 		// The caller's context: excluded from the breaker, no next host.
 		{"ctx cancelled at RCPT", StageRcpt, context.Canceled, cancelled},
 		{"ctx deadline writing body", StageBody, fmt.Errorf("x: %w", context.DeadlineExceeded), cancelled},
