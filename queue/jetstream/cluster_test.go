@@ -71,14 +71,45 @@ var testBody = "From: alice@example.org\r\nSubject: test\r\n\r\n" + strings.Repe
 // what was in flight when the leader died.
 func TestClusterLeaderKill(t *testing.T) {
 	t.Parallel()
-	total := *clusterMessages
+	leaderKill(t, *clusterMessages, func(ctx context.Context, c *testCluster, s *Store) *testNode {
+		return c.streamLeader(ctx, s.js, "KILL")
+	})
+}
+
+// TestClusterNodeKill shuts down a node that does not lead the stream:
+// the consumer's leader when that is another node (the pending deliveries
+// and their lease timers move to a new consumer leader), else a follower.
+func TestClusterNodeKill(t *testing.T) {
+	t.Parallel()
+	leaderKill(t, 2000, func(ctx context.Context, c *testCluster, s *Store) *testNode {
+		stream := c.streamLeader(ctx, s.js, "KILL")
+		if ci, err := s.cons.Info(ctx); err == nil && ci.Cluster != nil && ci.Cluster.Leader != stream.name() {
+			if n := c.node(ci.Cluster.Leader); n != nil {
+				t.Logf("%s leads the consumer, %s the stream", n.name(), stream.name())
+				return n
+			}
+		}
+		for _, n := range c.nodes {
+			if n != stream {
+				t.Logf("%s leads the stream and the consumer; %s follows", stream.name(), n.name())
+				return n
+			}
+		}
+		t.Fatal("no node to shut down")
+		return nil
+	})
+}
+
+// leaderKill runs total messages through two runners on a three-node
+// cluster and shuts down the node pick returns once a third is delivered.
+func leaderKill(t *testing.T, total int, pick func(context.Context, *testCluster, *Store) *testNode) {
 	const (
 		producers   = 32
 		runners     = 2
 		concurrency = 32
 	)
 	c := startCluster(t, 3)
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Second)
 	defer cancel()
 
 	var stores []*Store
@@ -140,13 +171,13 @@ func TestClusterLeaderKill(t *testing.T) {
 	if !waitFor(40*time.Second, func() bool { return d.total.Load() >= int64(total/3) }) {
 		t.Fatalf("only %d of %d delivered before the kill", d.total.Load(), total)
 	}
-	leader := c.streamLeader(ctx, stores[0].js, "KILL")
+	leader := pick(ctx, c, stores[0])
 	// Delivered to a store and not yet acknowledged: the attempts under
 	// way and the deliveries each store prefetched.
 	inflight := runners * (concurrency + DefaultPrefetch)
 	killedAt := d.total.Load()
 	leader.shutdown()
-	t.Logf("shut down stream leader %s after %d attempts", leader.name(), killedAt)
+	t.Logf("shut down %s after %d attempts", leader.name(), killedAt)
 
 	prodWG.Wait()
 	if err, _ := enqErr.Load().(error); err != nil {

@@ -199,20 +199,26 @@ func (c *testCluster) node(name string) *testNode {
 func (c *testCluster) streamLeader(ctx context.Context, js natsjs.JetStream, stream string) *testNode {
 	c.t.Helper()
 	var leader *testNode
+	var last any
 	ok := waitFor(30*time.Second, func() bool {
 		s, err := js.Stream(ctx, stream)
 		if err != nil {
+			last = err
 			return false
 		}
 		info, err := s.Info(ctx)
 		if err != nil || info.Cluster == nil || info.Cluster.Leader == "" {
+			last = err
+			if err == nil {
+				last = info.Cluster
+			}
 			return false
 		}
 		leader = c.node(info.Cluster.Leader)
 		return leader != nil && leader.server() != nil
 	})
 	if !ok {
-		c.t.Fatalf("stream %s has no leader", stream)
+		c.t.Fatalf("stream %s has no leader: %v", stream, last)
 	}
 	return leader
 }
