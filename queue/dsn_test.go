@@ -30,10 +30,14 @@ func TestDSNVariants(t *testing.T) {
 		{"delay", queue.Envelope{From: "a@example.org"}, testBody, queue.NoticeDelay, "message/rfc822", true, "4.0.0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			rcpt := "bob@example.net"
+			if tc.env.SMTPUTF8 {
+				rcpt = "joão@example.net" // 8-bit in every part
+			}
 			n := &queue.Notice{
 				Kind: tc.kind, ID: "abc", Envelope: tc.env, Arrival: at, RetryUntil: at.Add(5 * 24 * time.Hour),
 				Recipients: []queue.RecipientState{{
-					Recipient: queue.Recipient{Address: "bob@example.net"},
+					Recipient: queue.Recipient{Address: rcpt},
 					Status:    queue.StatusFailed,
 					Reply:     queue.Reply{Code: 550, Enhanced: "5.1.1", Text: "no such user\r\nInjected: header"},
 					Host:      "mx.example.net [192.0.2.9]", LastAttempt: at,
@@ -66,7 +70,7 @@ func TestDSNVariants(t *testing.T) {
 			if tc.env.SMTPUTF8 && !strings.HasPrefix(f.Get("Final-Recipient"), "utf-8;") {
 				t.Errorf("Final-Recipient %q in a global DSN", f.Get("Final-Recipient"))
 			}
-			if r.header.Get("Date") != at.Format(time.RFC1123Z) || !strings.Contains(r.human, "bob@example.net") {
+			if r.header.Get("Date") != at.Format(time.RFC1123Z) || !strings.Contains(r.human, rcpt) {
 				t.Errorf("header %v / text %q", r.header, r.human)
 			}
 		})

@@ -108,10 +108,8 @@ func NewDSN(n *Notice, body Body, o *DSNOptions) ([]byte, error) {
 	h := textproto.MIMEHeader{}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Content-Description", "Notification")
-	w, err := mw.CreatePart(h)
-	if err != nil {
-		return nil, err
-	}
+	var part bytes.Buffer
+	w := &part
 	if n.Kind == NoticeDelay {
 		fmt.Fprintf(w, "This is the mail system at host %s.\r\n\r\nYour message could not be delivered yet to the recipients below.\r\nIt will be retried until %s.\r\n\r\n", mta, n.RetryUntil.UTC().Format(time.RFC1123Z))
 	} else {
@@ -126,8 +124,12 @@ func NewDSN(n *Notice, body Body, o *DSNOptions) ([]byte, error) {
 		}
 		fmt.Fprintf(w, " %s\r\n", sanitize(replyText(r, n.Kind), true))
 	}
+	if err := writePart(mw, h, part.Bytes()); err != nil {
+		return nil, err
+	}
 
 	// Part 2: for programs (RFC 3464 §2).
+	part.Reset()
 	h = textproto.MIMEHeader{}
 	if utf8 {
 		h.Set("Content-Type", "message/global-delivery-status")
@@ -135,10 +137,6 @@ func NewDSN(n *Notice, body Body, o *DSNOptions) ([]byte, error) {
 		h.Set("Content-Type", "message/delivery-status")
 	}
 	h.Set("Content-Description", "Delivery report")
-	w, err = mw.CreatePart(h)
-	if err != nil {
-		return nil, err
-	}
 	fmt.Fprintf(w, "Reporting-MTA: dns; %s\r\n", mta)
 	if n.Envelope.EnvID != "" {
 		fmt.Fprintf(w, "Original-Envelope-Id: %s\r\n", sanitize(n.Envelope.EnvID, utf8))
@@ -178,6 +176,9 @@ func NewDSN(n *Notice, body Body, o *DSNOptions) ([]byte, error) {
 			fmt.Fprintf(w, "Will-Retry-Until: %s\r\n", n.RetryUntil.Format(time.RFC1123Z))
 		}
 	}
+	if err := writePart(mw, h, part.Bytes()); err != nil {
+		return nil, err
+	}
 
 	// Part 3: the original, as RET asks.
 	if body != nil {
@@ -197,20 +198,30 @@ func NewDSN(n *Notice, body Body, o *DSNOptions) ([]byte, error) {
 		default:
 			h.Set("Content-Type", "text/rfc822-headers")
 		}
-		if has8bit(content) {
-			h.Set("Content-Transfer-Encoding", "8bit")
-		}
 		h.Set("Content-Description", "Undelivered Message")
-		w, err = mw.CreatePart(h)
-		if err != nil {
+		if err := writePart(mw, h, content); err != nil {
 			return nil, err
 		}
-		w.Write(content)
 	}
 	if err := mw.Close(); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// writePart adds a part to the report, declaring 8bit content (RFC 2045
+// §6.2: without the header a part is taken as 7bit). Reply texts and
+// addresses of an SMTPUTF8 message may carry UTF-8.
+func writePart(mw *multipart.Writer, h textproto.MIMEHeader, content []byte) error {
+	if has8bit(content) {
+		h.Set("Content-Transfer-Encoding", "8bit")
+	}
+	w, err := mw.CreatePart(h)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(content)
+	return err
 }
 
 var enhancedRe = regexp.MustCompile(`^[245]\.\d{1,3}\.\d{1,3}$`)

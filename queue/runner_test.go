@@ -656,6 +656,9 @@ func parseDSN(t *testing.T, raw string) dsnReport {
 			t.Fatal(err)
 		}
 		ct := p.Header.Get("Content-Type")
+		if strings.ContainsFunc(string(content), func(r rune) bool { return r >= 0x80 }) && p.Header.Get("Content-Transfer-Encoding") != "8bit" {
+			t.Errorf("part %d (%s) has 8-bit content without Content-Transfer-Encoding: 8bit", i, ct)
+		}
 		switch i {
 		case 0:
 			if !strings.HasPrefix(ct, "text/plain") {
