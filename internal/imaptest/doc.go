@@ -26,6 +26,7 @@
 // loopback only; with [Options.TLS] they offer STARTTLS or implicit TLS
 // with a self-signed certificate that [Set.ClientTLSConfig] trusts.
 //
-// All methods are safe for concurrent use. A Set is stopped by the test's
-// Cleanup.
+// All methods are safe for concurrent use. A Set made by [NewSet] is
+// stopped by the test's Cleanup; one made by [Start] (for an Example or a
+// demonstration program) by [Set.Close].
 package imaptest

@@ -54,7 +54,6 @@ type Options struct {
 
 // Set is a group of replicas holding the same mailboxes.
 type Set struct {
-	t         testing.TB
 	username  string
 	password  string
 	tlsServer *tls.Config
@@ -94,10 +93,21 @@ func (e *DivergedError) Error() string {
 	return fmt.Sprintf("imaptest: replicas gave different UIDs in %s: %v", e.Mailbox, e.UIDs)
 }
 
-// NewSet starts the replicas of a set on 127.0.0.1:0 and stops them in
-// t.Cleanup. It fails the test if a server cannot start.
+// NewSet starts a Set for a test; the test fails if it cannot start, and
+// the Set is closed by the test's Cleanup.
 func NewSet(t testing.TB, opts *Options) *Set {
 	t.Helper()
+	s, err := Start(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// Start starts a Set outside a test (in an Example, a demonstration
+// program); Close stops it.
+func Start(opts *Options) (*Set, error) {
 	var o Options
 	if opts != nil {
 		o = *opts
@@ -114,11 +124,11 @@ func NewSet(t testing.TB, opts *Options) *Set {
 	if len(o.Mailboxes) == 0 {
 		o.Mailboxes = []string{"INBOX"}
 	}
-	s := &Set{t: t, username: o.Username, password: o.Password, tlsMode: o.TLS}
+	s := &Set{username: o.Username, password: o.Password, tlsMode: o.TLS}
 	if o.TLS != TLSNone {
 		srvCfg, cliCfg, err := selfSigned()
 		if err != nil {
-			t.Fatalf("imaptest: certificate: %v", err)
+			return nil, fmt.Errorf("imaptest: certificate: %w", err)
 		}
 		s.tlsServer, s.tlsClient = srvCfg, cliCfg
 	}
@@ -128,21 +138,25 @@ func NewSet(t testing.TB, opts *Options) *Set {
 		r.mem.AddUser(r.user)
 		for _, mb := range o.Mailboxes {
 			if err := r.user.Create(mb, nil); err != nil {
-				t.Fatalf("imaptest: create %s: %v", mb, err)
+				s.Close()
+				return nil, fmt.Errorf("imaptest: create %s: %w", mb, err)
 			}
 		}
 		r.addr = "127.0.0.1:0"
 		if err := r.Start(); err != nil {
-			t.Fatalf("imaptest: start %s: %v", r.name, err)
+			s.Close()
+			return nil, fmt.Errorf("imaptest: start %s: %w", r.name, err)
 		}
 		s.replicas = append(s.replicas, r)
 	}
-	t.Cleanup(func() {
-		for _, r := range s.replicas {
-			_ = r.Stop()
-		}
-	})
-	return s
+	return s, nil
+}
+
+// Close stops every replica.
+func (s *Set) Close() {
+	for _, r := range s.replicas {
+		_ = r.Stop()
+	}
 }
 
 // Len returns the number of replicas.
