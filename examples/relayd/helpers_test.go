@@ -259,3 +259,27 @@ func regexpQuote(s string) *regexp.Regexp { return regexp.MustCompile("(" + rege
 func isClosed(err error) bool {
 	return err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET)
 }
+
+// startTLS upgrades the connection (RFC 3207) and says EHLO again.
+func (r *rawConn) startTLS(conf *tls.Config) {
+	r.t.Helper()
+	if code, msg := r.cmd("STARTTLS"); code != 220 {
+		r.t.Fatalf("STARTTLS: %d %s", code, msg)
+	}
+	tc := tls.Client(r.c, conf)
+	if err := tc.Handshake(); err != nil {
+		r.t.Fatalf("TLS handshake: %v", err)
+	}
+	r.c, r.tp = tc, textproto.NewConn(tc)
+	if code, msg := r.cmd("EHLO client.example.test"); code != 250 {
+		r.t.Fatalf("EHLO after STARTTLS: %d %s", code, msg)
+	}
+}
+
+// write sends raw bytes, unbuffered.
+func (r *rawConn) write(s string) {
+	r.t.Helper()
+	if _, err := io.WriteString(r.c, s); err != nil {
+		r.t.Fatal(err)
+	}
+}

@@ -296,3 +296,53 @@ func TestConnectionAndAuthLimits(t *testing.T) {
 		time.Sleep(100 * time.Millisecond) // polling the probe's result, bounded by the deadline
 	}
 }
+
+// TestReadTimeout: an idle client is dropped after read-timeout with a 421
+// (RFC 5321 §4.5.3.2.7), while a slow message whose every pause is shorter
+// than the timeout is received even though it takes longer in all.
+func TestReadTimeout(t *testing.T) {
+	t.Parallel()
+	hop := nextHop(t)
+	f := newFixture(t)
+	const timeout = 2 * time.Second
+	p := startInProcess(t, f.args(hop.Addr(), "-read-timeout", timeout.String()))
+
+	idle := dialRaw(t, p.smtp)
+	start := time.Now()
+	rest, err := idle.readToEOF()
+	if !isClosed(err) || !strings.HasPrefix(rest, "421 ") {
+		t.Errorf("idle client: %q, %v; want a 421 and the end", rest, err)
+	}
+	if waited := time.Since(start); waited < timeout {
+		t.Errorf("idle client dropped after %v, before the %v timeout", waited, timeout)
+	}
+
+	r := dialRaw(t, p.smtp)
+	r.cmd("EHLO client.example.test")
+	r.startTLS(f.clientTLS)
+	for _, step := range []struct {
+		cmd  string
+		want int
+	}{
+		{"AUTH PLAIN AGFsaWNlAGNvcnJlY3QgaG9yc2U=", 235},
+		{"MAIL FROM:<alice@example.org>", 250},
+		{"RCPT TO:<bob@example.net>", 250},
+		{"DATA", 354},
+	} {
+		if code, msg := r.cmd("%s", step.cmd); code != step.want {
+			t.Fatalf("%s: %d %s", step.cmd, code, msg)
+		}
+	}
+	msg := message("slow")
+	parts := 4
+	for i := range parts {
+		r.write(msg[i*len(msg)/parts : (i+1)*len(msg)/parts])
+		// A slow client, on purpose: each pause is well under the
+		// timeout, all of them together exceed it.
+		time.Sleep(timeout / 3)
+	}
+	if code, msg := r.cmd("."); code != 250 {
+		t.Fatalf("slow message: %d %s, want 250", code, msg)
+	}
+	waitMessages(t, hop, 1, 30*time.Second)
+}

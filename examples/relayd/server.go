@@ -12,6 +12,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -224,6 +225,12 @@ type trackedConn struct {
 	closing bool
 	once    sync.Once
 
+	// bodyTimeout, while a message is being received, is the read
+	// deadline renewed before every read of the connection: go-smtp sets
+	// one deadline when DATA arrives, and its data reader fills a whole
+	// buffer per call, so only the connection sees each block arrive.
+	bodyTimeout atomic.Int64
+
 	// authFailures counts refused AUTH attempts; past maxAuthFailures the
 	// connection may not try again (a password guesser must reconnect,
 	// within MaxConnections).
@@ -231,6 +238,13 @@ type trackedConn struct {
 }
 
 const maxAuthFailures = 3
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	if d := time.Duration(c.bodyTimeout.Load()); d > 0 {
+		c.Conn.SetReadDeadline(time.Now().Add(d))
+	}
+	return c.Conn.Read(p)
+}
 
 func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
@@ -296,7 +310,6 @@ func unwrap(c net.Conn) *trackedConn {
 type session struct {
 	s      *Server
 	tc     *trackedConn
-	netc   net.Conn // for read deadlines while the message arrives
 	helo   string
 	remote string
 	tls    *tls.ConnectionState
@@ -318,7 +331,7 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	if tc == nil {
 		return nil, errors.New("relayd: connection not tracked")
 	}
-	ss := &session{s: s, tc: tc, netc: netc, helo: c.Hostname(), remote: netc.RemoteAddr().String()}
+	ss := &session{s: s, tc: tc, helo: c.Hostname(), remote: netc.RemoteAddr().String()}
 	if st, ok := c.TLSConnectionState(); ok {
 		ss.tls = &st
 	}
@@ -387,7 +400,11 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 // ("the receiver MUST be able to deliver it"), so it must survive a crash.
 func (ss *session) Data(r io.Reader) error {
 	id := newTxnID()
-	body := &bodyReader{r: r, conn: ss.netc, timeout: ss.s.o.ReadTimeout}
+	body := &bodyReader{r: r}
+	if t := ss.s.o.ReadTimeout; t > 0 {
+		ss.tc.bodyTimeout.Store(int64(t))
+		defer ss.tc.bodyTimeout.Store(0)
+	}
 	msg := &hamail.Message{
 		From:     ss.from,
 		To:       ss.rcpts,
@@ -419,6 +436,7 @@ func (ss *session) failure(err, bodyErr error) *smtp.SMTPError {
 	if bodyErr != nil {
 		// The client's side failed (too big, connection lost, timeout);
 		// go-smtp's data reader errors are SMTP replies already.
+		ss.s.log.Info("message not received", "remote", ss.remote, "user", ss.user, "err", bodyErr)
 		var se *smtp.SMTPError
 		if errors.As(bodyErr, &se) {
 			return se
@@ -483,21 +501,14 @@ func newTxnID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// bodyReader reads the message, extending the read deadline before each read
-// (go-smtp sets it once, when DATA arrives, so a long message would
-// otherwise be cut), counting bytes and keeping the first error.
+// bodyReader reads the message, counting bytes and keeping the first error.
 type bodyReader struct {
-	r       io.Reader
-	conn    net.Conn
-	timeout time.Duration
-	n       int64
-	err     error
+	r   io.Reader
+	n   int64
+	err error
 }
 
 func (b *bodyReader) Read(p []byte) (int, error) {
-	if b.timeout > 0 {
-		b.conn.SetReadDeadline(time.Now().Add(b.timeout))
-	}
 	n, err := b.r.Read(p)
 	b.n += int64(n)
 	if err != nil && err != io.EOF && b.err == nil {
