@@ -56,8 +56,9 @@
 //
 // A record that fails its checksum or cannot be decoded is quarantined when
 // Lease meets it: moved to the dead bucket, counted in Stats.Quarantined,
-// and named in an error wrapping queue.ErrCorrupt that Lease returns with
-// the good items, so the rest of the queue keeps flowing. Records are also
+// listed with its reason and bytes by Store.Quarantined, and named in an
+// error wrapping queue.ErrCorrupt that Lease returns with the good items,
+// so the rest of the queue keeps flowing. Records are also
 // refused when their envelope would not pass queue.Envelope.Validate, so a
 // damaged record never reaches an SMTP command line. A body that is gone or
 // has another length than its record says makes Body fail with

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -567,7 +568,7 @@ func (s *Store) Lease(ctx context.Context, max int, d time.Duration) ([]*queue.I
 // it. Its body stays where it is.
 func (s *Store) quarantine(tx *bolt.Tx, id string, schedK, raw []byte, why error) error {
 	s.log.Error("queue: quarantined a corrupt record", "id", id, "err", why)
-	v := append([]byte(why.Error()+"\n"), raw...)
+	v := append([]byte(strings.ReplaceAll(why.Error(), "\n", " ")+"\n"), raw...)
 	if err := tx.Bucket(bucketDead).Put([]byte(id), v); err != nil {
 		return err
 	}
@@ -577,6 +578,40 @@ func (s *Store) quarantine(tx *bolt.Tx, id string, schedK, raw []byte, why error
 		}
 	}
 	return tx.Bucket(bucketSched).Delete(schedK)
+}
+
+// QuarantinedRecord is a record that Lease set aside as undecodable.
+type QuarantinedRecord struct {
+	ID     string
+	Reason string // why it could not be decoded
+	Raw    []byte // the stored value as found (nil if there was none)
+}
+
+// Quarantined returns the records set aside as undecodable, in ID order,
+// for an operator to look at. Their bodies (inline or spool file) are kept.
+func (s *Store) Quarantined(ctx context.Context) ([]QuarantinedRecord, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, &queue.Error{Op: "quarantined", Err: err}
+	}
+	if err := s.readable(); err != nil {
+		return nil, &queue.Error{Op: "quarantined", Err: err}
+	}
+	var out []QuarantinedRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDead).ForEach(func(k, v []byte) error {
+			reason, raw, _ := bytes.Cut(v, []byte("\n"))
+			q := QuarantinedRecord{ID: string(k), Reason: string(reason)}
+			if len(raw) > 0 {
+				q.Raw = bytes.Clone(raw)
+			}
+			out = append(out, q)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, &queue.Error{Op: "quarantined", Err: err}
+	}
+	return out, nil
 }
 
 // leased loads the record under lease l, or returns a rejection.

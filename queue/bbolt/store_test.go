@@ -206,6 +206,10 @@ func TestCorruptRecordQuarantined(t *testing.T) {
 	if st.Items != 0 || st.Quarantined != 1 {
 		t.Errorf("stats = %+v, want no items and 1 quarantined", st)
 	}
+	q, err := s.Quarantined(ctx)
+	if err != nil || len(q) != 1 || q[0].ID != ids[1] || !strings.Contains(q[0].Reason, "checksum") || len(q[0].Raw) == 0 {
+		t.Errorf("Quarantined() = %+v, %v; want %s with its reason and bytes", q, err, ids[1])
+	}
 	if items, err := s.Lease(ctx, 10, time.Minute); err != nil || len(items) != 0 {
 		t.Errorf("Lease after quarantine = %v, %v", items, err)
 	}
