@@ -21,6 +21,24 @@
 // queue picks it up into its durable queue (DIR/queue.db) and keeps trying for
 // five days, sending a delivery status notification (RFC 3464) to the sender
 // when it gives up.
+//
+// The queue directory is shared between the users who submit and the one
+// process that runs the queue; the database file takes a lock, so only one
+// process (hasend -run or relayd) can own DIR at a time, and the submitting
+// commands never open it. Each message goes through DIR/maildrop/tmp into
+// DIR/maildrop/new (written, fsynced, renamed, directory fsynced); the owner
+// moves it into DIR/queue.db under the file's name as idempotency key and then
+// removes the file, so a crash at any point neither loses nor doubles a
+// message. For several local users, make the maildrop writable by a group of
+// theirs that the queue's owner also belongs to, for example:
+//
+//	install -d -m 0711 -o mail /var/spool/hasend
+//	install -d -m 2770 -o mail -g maildrop /var/spool/hasend/maildrop \
+//	    /var/spool/hasend/maildrop/tmp /var/spool/hasend/maildrop/new /var/spool/hasend/maildrop/bad
+//
+// The envelope sender of a dropped message is whatever the submitter said
+// (-f), as with sendmail; relayd, which authenticates its clients, is the
+// choice when that matters.
 package main
 
 import (

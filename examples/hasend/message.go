@@ -355,7 +355,11 @@ func prepare(input []byte, o prepareOptions) (*prepared, error) {
 		if addr == "" {
 			addr = defaultSender
 		}
-		m.add("From", (&mail.Address{Name: o.fullName, Address: addr}).String())
+		from := addr
+		if o.fullName != "" {
+			from = (&mail.Address{Name: o.fullName, Address: addr}).String()
+		}
+		m.add("From", from)
 	}
 	if !m.has("Date") {
 		m.add("Date", o.now.Format(time.RFC1123Z))

@@ -305,6 +305,9 @@ func TestConfigPrecedence(t *testing.T) {
 	if m.AuthUser != "cron" || m.From != "me@file.example.org" {
 		t.Errorf("AUTH user %q, sender %q: want cron from the environment and the file's domain", m.AuthUser, m.From)
 	}
+	if !strings.Contains(string(m.Body), "\r\nFrom: me@file.example.org\r\n") {
+		t.Errorf("the From field added without -F should be the sender's address:\n%s", m.Body)
+	}
 
 	os.WriteFile(conf, []byte("relay = "+srv.Addr()+"\nno_such_key = 1\n"), 0o600)
 	if r := runHasend(t, []string{"to@example.org"}, environ, "x\n"); r.code != exConfig || !strings.Contains(r.stderr, "no_such_key") {
