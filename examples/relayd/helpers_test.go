@@ -153,6 +153,11 @@ func nextHop(t *testing.T) *smtptest.Server {
 // submit sends one message through addr with STARTTLS and AUTH PLAIN, and
 // returns the reply to the final dot.
 func submit(addr string, tlsConf *tls.Config, from string, to []string, body string) (string, error) {
+	return submitAs(addr, tlsConf, testUser, testPassword, from, to, body)
+}
+
+// submitAs is submit with other credentials.
+func submitAs(addr string, tlsConf *tls.Config, user, password, from string, to []string, body string) (string, error) {
 	c, err := smtp.DialStartTLS(addr, tlsConf)
 	if err != nil {
 		return "", err
@@ -163,7 +168,7 @@ func submit(addr string, tlsConf *tls.Config, from string, to []string, body str
 	if err := c.Hello("client.example.test"); err != nil {
 		return "", err
 	}
-	if err := c.Auth(sasl.NewPlainClient("", testUser, testPassword)); err != nil {
+	if err := c.Auth(sasl.NewPlainClient("", user, password)); err != nil {
 		return "", err
 	}
 	if err := c.Mail(from, nil); err != nil {

@@ -70,6 +70,10 @@
 // restart, at least once: a crash between a next hop's reply and the queue's
 // record of it can repeat that delivery, never lose it.
 //
+// SIGHUP reloads the users file (a file that does not load is logged and the
+// accounts stay as they were); sessions already authenticated are not
+// affected.
+//
 // Exit statuses: 0 after a graceful shutdown, 1 when the server could not
 // start or failed, 64 for a bad command line, 78 for a bad configuration.
 package main
@@ -92,6 +96,8 @@ Flags (each overrides the config key of the same name, "_" for "-"):
 `
 
 const usageTail = `
+Signals: SIGTERM/SIGINT graceful shutdown; SIGHUP reloads the users file.
+
 Exit statuses: 0 after a graceful shutdown (SIGTERM, SIGINT), 1 start-up or
 runtime failure, 64 bad command line, 78 bad configuration.
 `

@@ -15,6 +15,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"golang.org/x/crypto/bcrypt"
 )
 
 var (
@@ -174,10 +175,30 @@ func TestGracefulShutdown(t *testing.T) {
 	p := startProcess(t, args)
 
 	subjects := []string{"one", "two", "three"}
-	for _, s := range subjects {
+	for _, s := range subjects[:2] {
 		if _, err := submit(p.smtp, f.clientTLS, "alice@example.org", []string{"bob@example.net"}, message(s)); err != nil {
 			t.Fatalf("submitting %q: %v", s, err)
 		}
+	}
+
+	// SIGHUP reloads the users file: a new account can submit at once.
+	if _, err := submitAs(p.smtp, f.clientTLS, "bob", "bob's pw", "bob@example.org", []string{"carol@example.net"}, message("three")); err == nil {
+		t.Fatal("an account not in the users file could submit")
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte("bob's pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	users, _ := os.ReadFile(f.usersFile)
+	if err := os.WriteFile(f.usersFile, append(users, "bob:"+string(h)+"\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	p.stderr.wait(t, regexpQuote("users reloaded"), 30*time.Second)
+	if _, err := submitAs(p.smtp, f.clientTLS, "bob", "bob's pw", "bob@example.org", []string{"carol@example.net"}, message("three")); err != nil {
+		t.Fatalf("the account added before SIGHUP cannot submit: %v", err)
 	}
 
 	idle := dialRaw(t, p.smtp)

@@ -11,9 +11,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -253,16 +256,36 @@ func (d *daemon) serve(ctx context.Context) int {
 	fmt.Fprintf(d.stdout, "relayd: smtp listening on %s\n", d.smtpLn.Addr())
 	d.log.Info("started", "smtp", d.smtpLn.Addr().String(), "queue", d.cfg.QueueDir)
 
+	// SIGHUP reloads the users file, so accounts change without a
+	// restart; a file that does not load leaves the current accounts.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	code := exOK
-	select {
-	case <-ctx.Done():
-		d.log.Info("shutting down")
-	case err := <-smtpErr:
-		d.log.Error("smtp server failed", "err", err)
-		code = exFailure
-	case err := <-httpErr:
-		d.log.Error("http server failed", "err", err)
-		code = exFailure
+wait:
+	for {
+		select {
+		case <-hup:
+			us, err := loadUsers(d.cfg.UsersFile)
+			if err != nil {
+				d.log.Error("users file not reloaded, keeping the current accounts", "err", err)
+				continue
+			}
+			d.server.SetUsers(us)
+			d.log.Info("users reloaded", "users", len(us.hashes))
+		case <-ctx.Done():
+			d.log.Info("shutting down")
+			break wait
+		case err := <-smtpErr:
+			d.log.Error("smtp server failed", "err", err)
+			code = exFailure
+			break wait
+		case err := <-httpErr:
+			d.log.Error("http server failed", "err", err)
+			code = exFailure
+			break wait
+		}
 	}
 	if !d.stop() && code == exOK {
 		code = exFailure

@@ -64,6 +64,8 @@ type Server struct {
 	log   *slog.Logger
 	now   func() time.Time
 
+	users atomic.Pointer[users]
+
 	mu       sync.Mutex
 	conns    map[*trackedConn]struct{}
 	draining bool
@@ -80,6 +82,7 @@ func NewServer(o ServerOptions, sp spool) *Server {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.users.Store(o.Users)
 	if s.o.SendTimeout <= 0 {
 		s.o.SendTimeout = 2 * time.Minute
 	}
@@ -96,6 +99,10 @@ func NewServer(o ServerOptions, sp spool) *Server {
 	s.smtp = srv
 	return s
 }
+
+// SetUsers replaces the accounts allowed to AUTH; sessions already
+// authenticated keep their identity.
+func (s *Server) SetUsers(u *users) { s.users.Store(u) }
 
 // slogLogger adapts go-smtp's logger.
 type slogLogger struct{ l *slog.Logger }
@@ -356,7 +363,8 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 		return nil, smtpErr(421, smtp.EnhancedCode{4, 7, 0}, "Too many authentication failures, closing")
 	}
 	return sasl.NewPlainServer(func(identity, username, password string) error {
-		if ss.s.o.Users == nil || !sameIdentity(identity, username) || ss.s.o.Users.verify(username, password) != nil {
+		us := ss.s.users.Load()
+		if us == nil || !sameIdentity(identity, username) || us.verify(username, password) != nil {
 			ss.tc.authFailures++
 			ss.s.log.Warn("auth failed", "remote", ss.remote, "user", username, "failures", ss.tc.authFailures)
 			return smtp.ErrAuthFailed
