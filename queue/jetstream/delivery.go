@@ -27,8 +27,12 @@ func (d *delivery) DoubleAck(ctx context.Context) error {
 	return err
 }
 
-// InProgress restarts the server's AckWait.
-func (d *delivery) InProgress() error { return d.nc.Publish(d.msg.Reply, []byte("+WPI")) }
+// InProgress restarts the server's AckWait and waits for the server to
+// confirm that it received the request.
+func (d *delivery) InProgress(ctx context.Context) error {
+	_, err := d.nc.RequestWithContext(ctx, d.msg.Reply, []byte("+WPI"))
+	return err
+}
 
 // Nak hands the message back for redelivery at once.
 func (d *delivery) Nak() error { return d.nc.Publish(d.msg.Reply, []byte("-NAK")) }

@@ -52,8 +52,10 @@
 // Runners share one durable pull consumer on ready.*. A lease is a delivery
 // not yet acknowledged: the consumer's AckWait (Options.AckWait) is the
 // server-side lease, renewed with in-progress acknowledgements for leases
-// longer than it. Complete acknowledges the delivery, and the work-queue
-// retention deletes it. Record publishes the next version to sched.<id>
+// longer than it. A renewal counts only once the server confirms it before
+// the old AckWait ran out; until then the Store's own view of the lease
+// ends where the server's may. Complete acknowledges the delivery, and the
+// work-queue retention deletes it. Record publishes the next version to sched.<id>
 // (or ready.<id> when due at once) and then acknowledges the delivered one.
 // That publish is a compare-and-set on the item's latest version across
 // ready.<id> and sched.<id> (Nats-Expected-Last-Subject-Sequence with

@@ -1182,22 +1182,28 @@ func (s *Store) startKeeperLocked() {
 	go s.keep(s.stop, s.stopped)
 }
 
-// keep renews leases longer than AckWait with InProgress until the lease
-// time the caller asked for, and forgets expired ones.
+// keep renews leases longer than AckWait until the lease time the caller
+// asked for, and forgets expired ones.
 func (s *Store) keep(stop <-chan struct{}, stopped chan<- struct{}) {
 	defer close(stopped)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-stop
+		cancel()
+	}()
 	// Often enough to renew leases in time and to hand prefetched
 	// deliveries back soon after their hold ends.
 	tick := time.NewTicker(max(min(s.opts.AckWait/8, s.holdFor()/4), 50*time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {
-		case <-stop:
+		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
 		now := time.Now()
-		var renew []*delivery
+		var renew []renewal
 		s.mu.Lock()
 		release := s.releaseStaleLocked(now)
 		for id, h := range s.held {
@@ -1209,18 +1215,64 @@ func (s *Store) keep(stop <-chan struct{}, stopped chan<- struct{}) {
 			case !now.Before(h.extended.Add(s.opts.AckWait)):
 				delete(s.held, id) // the server has let it go
 			case now.After(h.extended.Add(s.opts.AckWait/2)) && h.extended.Add(s.opts.AckWait).Before(h.until):
-				h.extended = now
-				renew = append(renew, h.msg)
+				renew = append(renew, renewal{id: id, h: h, msg: h.msg, due: h.extended.Add(s.opts.AckWait)})
 			}
 		}
 		s.mu.Unlock()
 		for _, m := range release {
 			_ = m.Nak()
 		}
-		for _, m := range renew {
-			if err := m.InProgress(); err != nil {
-				s.log.Warn("renewing lease", "subject", m.Subject(), "err", err)
-			}
+		s.renewAll(ctx, renew)
+	}
+}
+
+// renewal is a lease the keeper extends; due is when the server may hand
+// the item to another runner unless the extension reaches it first.
+type renewal struct {
+	id  string
+	h   *held
+	msg *delivery
+	due time.Time
+}
+
+// renewAll extends leases, a few at a time.
+func (s *Store) renewAll(ctx context.Context, rs []renewal) {
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	for _, r := range rs {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			s.renew(ctx, r)
+		})
+	}
+	wg.Wait()
+}
+
+// renew extends one lease and moves its fence only when the server
+// confirmed the extension before it could have redelivered the item: an
+// in-progress acknowledgement that is sent but arrives late (a reconnect,
+// a leader election) must not let this Store believe it still holds an
+// item another runner has been given.
+func (s *Store) renew(ctx context.Context, r renewal) {
+	// The same margin as the lease check in lookup.
+	ctx, cancel := context.WithDeadline(ctx, r.due.Add(-s.opts.AckWait/10))
+	defer cancel()
+	var sent time.Time
+	var err error
+	for {
+		sent = time.Now()
+		if err = r.msg.InProgress(ctx); err == nil || sleepCtx(ctx, 20*time.Millisecond) != nil {
+			break
 		}
 	}
+	if err != nil || !time.Now().Before(r.due) {
+		s.log.Warn("renewing lease", "id", r.id, "err", err)
+		return // the lease ends at its old fence
+	}
+	s.mu.Lock()
+	if s.held[r.id] == r.h && r.h.msg == r.msg && sent.After(r.h.extended) {
+		r.h.extended = sent
+	}
+	s.mu.Unlock()
 }

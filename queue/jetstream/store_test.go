@@ -284,3 +284,33 @@ func TestLargeBodyObjectDeleted(t *testing.T) {
 		t.Errorf("key claim after completion: %v, %v", raw, err)
 	}
 }
+
+// A lease longer than AckWait is renewed with confirmed in-progress
+// acknowledgements: no other runner gets the item meanwhile, and the
+// holder can still complete it at the end.
+func TestLeaseRenewedBeyondAckWait(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	n := startNode(t)
+	a := prefetchStore(t, n.url(), "renew", time.Second)
+	b := prefetchStore(t, n.url(), "renew", time.Second)
+	enqueueN(t, a, 1)
+	items, err := a.Lease(ctx, 1, 4*time.Second)
+	if err != nil || len(items) != 1 {
+		t.Fatalf("lease: %d items, %v", len(items), err)
+	}
+	// Three AckWaits, each b's Lease waiting up to a tenth of a second.
+	start := time.Now()
+	for time.Since(start) < 3*time.Second {
+		got, err := b.Lease(ctx, 1, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 0 {
+			t.Fatalf("item leased by another runner %v into a renewed lease", time.Since(start))
+		}
+	}
+	if err := a.Complete(ctx, items[0].Lease); err != nil {
+		t.Fatalf("Complete after three AckWaits of a renewed lease: %v", err)
+	}
+}
