@@ -210,6 +210,10 @@ func TestLimits(t *testing.T) {
 	if !errors.As(err, &se) || se.Code != 552 {
 		t.Errorf("message over the size limit: %v; want 552", err)
 	}
+	_, err = submit(p.smtp, f.clientTLS, "alice@example.org", []string{"a@example.net"}, message("long line")+strings.Repeat("y", 3000)+"\r\n")
+	if !errors.As(err, &se) || se.Code/100 != 5 {
+		t.Errorf("line over the limit of RFC 5321 §4.5.3.1.6: %v; want a permanent refusal", err)
+	}
 	if _, err := submit(p.smtp, f.clientTLS, "alice@example.org", []string{"a@example.net"}, message("bad rcpt")); err != nil {
 		t.Fatalf("a message within the limits was refused: %v", err)
 	}

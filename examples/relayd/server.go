@@ -449,6 +449,11 @@ func (ss *session) failure(err, bodyErr error) *smtp.SMTPError {
 		if errors.As(bodyErr, &se) {
 			return se
 		}
+		if errors.Is(bodyErr, smtp.ErrTooLongLine) {
+			// RFC 5321 §4.5.3.1.6: the line is longer than this server
+			// accepts; sending it again will not help.
+			return smtpErr(554, smtp.EnhancedCode{5, 6, 0}, "Message has a line too long")
+		}
 		return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Error reading the message")
 	}
 	if errors.Is(err, hamail.ErrInvalidMessage) {
