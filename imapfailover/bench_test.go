@@ -138,7 +138,7 @@ func BenchmarkResync100k(b *testing.B) {
 			if err := c.Store(set, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagFlagged}}, nil).Close(); err != nil {
 				b.Fatal(err)
 			}
-		}, true)
+		}, true, nil)
 	})
 	b.Run("memserver", func(b *testing.B) {
 		s := imaptest.NewSet(b, &imaptest.Options{Replicas: 1})
@@ -162,16 +162,21 @@ func BenchmarkResync100k(b *testing.B) {
 			}
 		}
 		addr := s.Replica(0).Addr()
-		b.Run("flags", func(b *testing.B) { benchResync(b, addr, s.Username(), s.Password(), change, true) })
-		b.Run("noflags", func(b *testing.B) { benchResync(b, addr, s.Username(), s.Password(), change, false) })
+		b.Run("flags", func(b *testing.B) { benchResync(b, addr, s.Username(), s.Password(), change, true, nil) })
+		b.Run("noflags", func(b *testing.B) { benchResync(b, addr, s.Username(), s.Password(), change, false, nil) })
+		b.Run("noflags-filestore", func(b *testing.B) {
+			benchResync(b, addr, s.Username(), s.Password(), change, false, NewFileStore(b.TempDir()))
+		})
 	})
 }
 
-func benchResync(b *testing.B, addr, user, pass string, change func(i int), flags bool) {
+func benchResync(b *testing.B, addr, user, pass string, change func(i int), flags bool, store StateStore) {
 	var read atomic.Int64
 	// Prime: the server indexes the mailbox, and the reader takes stock.
 	naiveFlags(b, addr, user, pass, &read, true)
-	store := &MemoryStore{}
+	if store == nil {
+		store = &MemoryStore{}
+	}
 	opts := &MailboxOptions{Store: store}
 	if flags {
 		opts.OnFlags = func(context.Context, []FlagChange) error { return nil }
@@ -238,4 +243,50 @@ func benchResync(b *testing.B, addr, user, pass string, change func(i int), flag
 	b.ReportMetric(float64(naiveTime)/float64(selectTime), "naive/select-ratio")
 	b.Log("resync", time.Duration(float64(resyncTime)/n), strconv.FormatInt(resyncBytes/int64(round), 10), "B; naive full flags fetch",
 		time.Duration(float64(naiveTime)/n), naiveBytes/int64(round), "B; connect+SELECT only", time.Duration(float64(selectTime)/n))
+}
+
+// BenchmarkStateStore measures making one handled message durable in the
+// state of a 100,000-message mailbox: a journal record against rewriting
+// the whole state, the cost each message paid before journals.
+func BenchmarkStateStore(b *testing.B) {
+	const size = 100_000
+	st := &MailboxState{Mailbox: "INBOX", UIDValidity: 1, LastUID: size, Messages: make(map[imap.UID]KnownMessage, size)}
+	for uid := imap.UID(1); uid <= size; uid++ {
+		st.Messages[uid] = KnownMessage{Fingerprint: uint64(uid) * 0x9e3779b97f4a7c15}
+	}
+	ctx := b.Context()
+	for _, tc := range []struct {
+		name  string
+		store func() StateStore
+	}{
+		{"file", func() StateStore { return NewFileStore(b.TempDir()) }},
+		{"memory", func() StateStore { return &MemoryStore{} }},
+	} {
+		b.Run(tc.name+"/save", func(b *testing.B) {
+			s := tc.store()
+			cur := st.Clone()
+			uid := cur.LastUID
+			for b.Loop() {
+				uid++
+				cur.Apply(StateChange{UIDValidity: 1, LastUID: uid, UID: uid, Message: KnownMessage{Fingerprint: uint64(uid)}})
+				if err := s.Save(ctx, "INBOX", cur); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(tc.name+"/record", func(b *testing.B) {
+			s := tc.store()
+			if err := s.Save(ctx, "INBOX", st); err != nil {
+				b.Fatal(err)
+			}
+			j := s.(StateJournal)
+			uid := st.LastUID
+			for b.Loop() {
+				uid++
+				if err := j.Record(ctx, "INBOX", StateChange{UIDValidity: 1, LastUID: uid, UID: uid, Message: KnownMessage{Fingerprint: uint64(uid)}}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

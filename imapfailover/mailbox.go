@@ -325,6 +325,15 @@ func (m *Mailbox) save(ctx context.Context) error {
 	return m.opts.Store.Save(ctx, m.opts.StateKey, m.st)
 }
 
+// record makes one change to the state durable, already applied to m.st:
+// as a record when the store keeps a journal, otherwise by saving all.
+func (m *Mailbox) record(ctx context.Context, ch StateChange) error {
+	if j, ok := m.opts.Store.(StateJournal); ok {
+		return j.Record(ctx, m.opts.StateKey, ch)
+	}
+	return m.save(ctx)
+}
+
 // observedResync runs resync and reports it to Hooks.Resynced.
 func (m *Mailbox) observedResync(ctx context.Context, c *Conn, h Handler) (*SyncReport, error) {
 	now := m.pool.opts.Now
@@ -495,6 +504,7 @@ func (m *Mailbox) resync(ctx context.Context, c *Conn, h Handler) (*SyncReport, 
 	// Flags: CHANGEDSINCE this replica's last mod-sequence (RFC 7162
 	// §3.1.4), otherwise the flags of every known message.
 	var changes []FlagChange
+	updated := 0
 	if track && len(st.Messages) > 0 {
 		var since uint64
 		if condstore {
@@ -505,18 +515,30 @@ func (m *Mailbox) resync(ctx context.Context, c *Conn, h Handler) (*SyncReport, 
 			if since > 0 {
 				rep.FlagCheck = "changedsince"
 			}
-			changes, err = m.flagChanges(ctx, c, since, next)
+			changes, updated, err = m.flagChanges(ctx, c, since, next)
 			if err != nil {
 				return nil, err
 			}
 		}
 	}
 	rep.FlagChanges = len(changes)
-	if condstore {
+	// Rewrite the whole state only when what is known changed; a new
+	// mod-sequence alone is one small record, so that a resync that finds
+	// only new messages costs what they cost, not what the mailbox does.
+	switch {
+	case len(gone) > 0 || updated > 0 || rep.Remapped > 0:
+		if condstore {
+			st.ModSeq[c.Replica()] = sel.HighestModSeq
+		}
+		if err := m.save(ctx); err != nil {
+			return nil, &handlerError{err}
+		}
+	case condstore && st.ModSeq[c.Replica()] != sel.HighestModSeq:
 		st.ModSeq[c.Replica()] = sel.HighestModSeq
-	}
-	if err := m.save(ctx); err != nil {
-		return nil, &handlerError{err}
+		ch := StateChange{UIDValidity: st.UIDValidity, Replica: c.Replica(), ModSeq: sel.HighestModSeq}
+		if err := m.record(ctx, ch); err != nil {
+			return nil, &handlerError{err}
+		}
 	}
 	if len(gone) > 0 && m.opts.OnExpunge != nil {
 		if err := m.user(func() error { return m.opts.OnExpunge(ctx, st.UIDValidity, gone) }); err != nil {
@@ -533,10 +555,12 @@ func (m *Mailbox) resync(ctx context.Context, c *Conn, h Handler) (*SyncReport, 
 
 // flagChanges fetches flags of known messages (changed since modseq when
 // it is not zero) and returns those that differ from what is stored,
-// updating the state.
-func (m *Mailbox) flagChanges(ctx context.Context, c *Conn, since uint64, next imap.UID) ([]FlagChange, error) {
+// updating the state, and how many stored flag lists it updated (changes,
+// and messages whose flags were not known yet).
+func (m *Mailbox) flagChanges(ctx context.Context, c *Conn, since uint64, next imap.UID) ([]FlagChange, int, error) {
 	st := m.st
 	var changes []FlagChange
+	updated := 0
 	err := c.Exec(ctx, "fetch flags", func(cl *imapclient.Client) error {
 		opts := &imap.FetchOptions{UID: true, Flags: true, ChangedSince: since}
 		cmd := cl.Fetch(imap.UIDSet{imap.UIDRange{Start: 1, Stop: next - 1}}, opts)
@@ -561,6 +585,7 @@ func (m *Mailbox) flagChanges(ctx context.Context, c *Conn, since uint64, next i
 			had := k.Flags != nil
 			k.Flags = fl
 			st.Messages[b.UID] = k
+			updated++
 			if had {
 				changes = append(changes, FlagChange{UID: b.UID, Flags: fl})
 			}
@@ -568,7 +593,7 @@ func (m *Mailbox) flagChanges(ctx context.Context, c *Conn, since uint64, next i
 		return cmd.Close()
 	})
 	slices.SortFunc(changes, func(a, b FlagChange) int { return int(a.UID) - int(b.UID) })
-	return changes, err
+	return changes, updated, err
 }
 
 // remap handles a new UIDVALIDITY: the known messages are found again by
@@ -700,14 +725,15 @@ func (m *Mailbox) deliver(ctx context.Context, c *Conn, h Handler, rep *SyncRepo
 				st.LastUID = b.UID
 			}
 			rep.Delivered++
-			if err := m.save(ctx); err != nil {
+			ch := StateChange{UIDValidity: st.UIDValidity, LastUID: st.LastUID, UID: b.UID, Message: k}
+			if err := m.record(ctx, ch); err != nil {
 				return &handlerError{err}
 			}
 		}
 	}
 	if next-1 > st.LastUID {
 		st.LastUID = next - 1
-		if err := m.save(ctx); err != nil {
+		if err := m.record(ctx, StateChange{UIDValidity: st.UIDValidity, LastUID: st.LastUID}); err != nil {
 			return &handlerError{err}
 		}
 	}

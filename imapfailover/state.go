@@ -1,11 +1,13 @@
 package imapfailover
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -83,10 +85,60 @@ type StateStore interface {
 	Save(ctx context.Context, key string, st *MailboxState) error
 }
 
+// StateChange is one change to a MailboxState, recorded by a
+// StateJournal. Every field set applies; a change made under another
+// UIDVALIDITY than the state's is ignored.
+type StateChange struct {
+	UIDValidity uint32
+	// LastUID raises MailboxState.LastUID (it never lowers it).
+	LastUID imap.UID
+	// UID, when not 0, is a message now handled, known as Message.
+	UID     imap.UID
+	Message KnownMessage
+	// Replica, when not empty, last had HIGHESTMODSEQ ModSeq.
+	Replica string
+	ModSeq  uint64
+}
+
+// StateJournal is implemented by a StateStore that can record one change
+// without rewriting the whole state. A Mailbox uses it, when its store
+// has it, after each handled message, so that handling a message costs the
+// same in a mailbox of ten messages or a million. Record must be durable
+// when it returns, like Save, and a later Save replaces what was recorded.
+type StateJournal interface {
+	Record(ctx context.Context, key string, ch StateChange) error
+}
+
 var (
-	_ StateStore = (*MemoryStore)(nil)
-	_ StateStore = (*FileStore)(nil)
+	_ StateStore   = (*MemoryStore)(nil)
+	_ StateStore   = (*FileStore)(nil)
+	_ StateJournal = (*MemoryStore)(nil)
+	_ StateJournal = (*FileStore)(nil)
 )
+
+// Apply makes ch on s.
+func (s *MailboxState) Apply(ch StateChange) {
+	if ch.UIDValidity != s.UIDValidity {
+		return
+	}
+	if ch.LastUID > s.LastUID {
+		s.LastUID = ch.LastUID
+	}
+	if ch.UID != 0 {
+		if s.Messages == nil {
+			s.Messages = make(map[imap.UID]KnownMessage)
+		}
+		m := ch.Message
+		m.Flags = slices.Clone(m.Flags)
+		s.Messages[ch.UID] = m
+	}
+	if ch.Replica != "" {
+		if s.ModSeq == nil {
+			s.ModSeq = make(map[string]uint64)
+		}
+		s.ModSeq[ch.Replica] = ch.ModSeq
+	}
+}
 
 // MemoryStore is a StateStore in memory: state survives reconnects and
 // failovers but not the process. Safe for concurrent use; the zero value
@@ -114,15 +166,42 @@ func (s *MemoryStore) Save(_ context.Context, key string, st *MailboxState) erro
 	return nil
 }
 
-// FileStore is a StateStore that keeps one JSON file per key in a
-// directory. Save writes a temporary file, fsyncs it, renames it over the
-// old one and fsyncs the directory, so a crash leaves the old or the new
-// state, never a mix. Safe for concurrent use within one process; two
-// processes must not share a directory.
+// Record implements StateJournal.
+func (s *MemoryStore) Record(_ context.Context, key string, ch StateChange) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st := s.m[key]; st != nil {
+		st.Apply(ch)
+	}
+	return nil
+}
+
+// FileStore is a StateStore that keeps, per key, a JSON snapshot and a
+// journal of changes recorded since, in a directory. Save writes a
+// temporary file, fsyncs it, renames it over the old snapshot and fsyncs
+// the directory, so a crash leaves the old or the new state, never a mix;
+// it then starts a new journal. Record appends one line to the journal
+// and fsyncs it; a line torn by a crash is ignored on Load (the change it
+// held was not acknowledged), and lines written for an older snapshot are
+// ignored too. Every compactEvery records the journal is folded into a new
+// snapshot. Safe for concurrent use within one process; two processes must
+// not share a directory.
 type FileStore struct {
 	dir string
-	mu  sync.Mutex
+
+	mu       sync.Mutex
+	journals map[string]*journalState
 }
+
+type journalState struct {
+	id      string // of the snapshot the journal belongs to
+	records int
+}
+
+// compactEvery is how many records a journal takes before it is folded
+// into a new snapshot: the snapshot costs the mailbox's size, so it is
+// written once per that many messages.
+const compactEvery = 1024
 
 // NewFileStore returns a FileStore in dir. It does no I/O: the directory
 // is created by the first Save.
@@ -132,21 +211,45 @@ func (s *FileStore) path(key string) string {
 	return filepath.Join(s.dir, "mailbox-"+url.PathEscape(key)+".json")
 }
 
+func (s *FileStore) journalPath(key string) string {
+	return filepath.Join(s.dir, "mailbox-"+url.PathEscape(key)+".journal")
+}
+
 // Load implements StateStore.
 func (s *FileStore) Load(_ context.Context, key string) (*MailboxState, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	st, err := s.loadLocked(key)
+	if err != nil {
+		return nil, &Error{Op: "load state", Err: err}
+	}
+	return st, nil
+}
+
+func (s *FileStore) loadLocked(key string) (*MailboxState, error) {
 	b, err := os.ReadFile(s.path(key))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, &Error{Op: "load state", Err: err}
+		return nil, err
 	}
-	st, err := DecodeState(b)
+	st, id, err := decodeState(b)
 	if err != nil {
-		return nil, &Error{Op: "load state", Err: fmt.Errorf("%s: %w", s.path(key), err)}
+		return nil, fmt.Errorf("%s: %w", s.path(key), err)
 	}
+	jb, err := os.ReadFile(s.journalPath(key))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	n, err := replayJournal(st, id, jb)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.journalPath(key), err)
+	}
+	if s.journals == nil {
+		s.journals = make(map[string]*journalState)
+	}
+	s.journals[key] = &journalState{id: id, records: n}
 	return st, nil
 }
 
@@ -154,14 +257,183 @@ func (s *FileStore) Load(_ context.Context, key string) (*MailboxState, error) {
 func (s *FileStore) Save(_ context.Context, key string, st *MailboxState) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	b, err := EncodeState(st)
-	if err != nil {
-		return &Error{Op: "save state", Err: err}
-	}
-	if err := writeFileAtomic(s.dir, s.path(key), b); err != nil {
+	if err := s.saveLocked(key, st); err != nil {
 		return &Error{Op: "save state", Err: err}
 	}
 	return nil
+}
+
+func (s *FileStore) saveLocked(key string, st *MailboxState) error {
+	id := strconv.FormatUint(rand.Uint64(), 16)
+	b, err := encodeState(st, id)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(s.dir, s.path(key), b); err != nil {
+		return err
+	}
+	if s.journals == nil {
+		s.journals = make(map[string]*journalState)
+	}
+	s.journals[key] = &journalState{id: id}
+	// The old journal's lines name the old snapshot: a crash before this
+	// removal leaves lines that Load ignores.
+	if err := os.Remove(s.journalPath(key)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Record implements StateJournal.
+func (s *FileStore) Record(_ context.Context, key string, ch StateChange) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.recordLocked(key, ch); err != nil {
+		return &Error{Op: "save state", Err: err}
+	}
+	return nil
+}
+
+func (s *FileStore) recordLocked(key string, ch StateChange) error {
+	j := s.journals[key]
+	if j == nil {
+		st, err := s.loadLocked(key)
+		if err != nil {
+			return err
+		}
+		if st == nil {
+			return errors.New("no state to record a change in")
+		}
+		j = s.journals[key]
+	}
+	line, err := json.Marshal(journalLine(j.id, ch))
+	if err != nil {
+		return err
+	}
+	if err := appendSync(s.dir, s.journalPath(key), append(line, '\n')); err != nil {
+		return err
+	}
+	j.records++
+	if j.records < compactEvery {
+		return nil
+	}
+	st, err := s.loadLocked(key)
+	if err != nil {
+		return err
+	}
+	return s.saveLocked(key, st)
+}
+
+// appendSync appends b to the file at path and fsyncs it, and the
+// directory too when the file is new.
+func appendSync(dir, path string, b []byte) error {
+	created := false
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
+	} else if err == nil {
+		created = true
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if !created {
+		return nil
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// journalRecord is one line of a FileStore journal.
+type journalRecord struct {
+	Snapshot    string  `json:"snapshot"`
+	UIDValidity uint32  `json:"uidvalidity"`
+	LastUID     uint32  `json:"last_uid,omitempty"`
+	UID         uint32  `json:"uid,omitempty"`
+	Fingerprint string  `json:"fp,omitempty"`
+	Flags       *string `json:"flags,omitempty"`
+	Replica     string  `json:"replica,omitempty"`
+	ModSeq      uint64  `json:"modseq,omitempty"`
+}
+
+func journalLine(id string, ch StateChange) journalRecord {
+	r := journalRecord{Snapshot: id, UIDValidity: ch.UIDValidity, LastUID: uint32(ch.LastUID), Replica: ch.Replica, ModSeq: ch.ModSeq}
+	if ch.UID != 0 {
+		r.UID = uint32(ch.UID)
+		r.Fingerprint = strconv.FormatUint(ch.Message.Fingerprint, 16)
+		if ch.Message.Flags != nil {
+			fl := joinFlags(ch.Message.Flags)
+			r.Flags = &fl
+		}
+	}
+	return r
+}
+
+// replayJournal applies the journal lines written for snapshot id to st
+// and returns how many there were. A last line without its newline was
+// torn by a crash and is ignored.
+func replayJournal(st *MailboxState, id string, b []byte) (int, error) {
+	n := 0
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			break // torn
+		}
+		line := b[:i]
+		b = b[i+1:]
+		var r journalRecord
+		if err := json.Unmarshal(line, &r); err != nil {
+			return 0, fmt.Errorf("%w: journal line %d: %w", ErrBadState, n+1, err)
+		}
+		n++
+		if r.Snapshot != id {
+			continue
+		}
+		ch := StateChange{UIDValidity: r.UIDValidity, LastUID: imap.UID(r.LastUID), Replica: r.Replica, ModSeq: r.ModSeq}
+		if r.UID != 0 {
+			fp, err := strconv.ParseUint(r.Fingerprint, 16, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%w: journal line %d: bad fingerprint", ErrBadState, n)
+			}
+			ch.UID, ch.Message = imap.UID(r.UID), KnownMessage{Fingerprint: fp}
+			if r.Flags != nil {
+				ch.Message.Flags = splitFlags(*r.Flags)
+			}
+		}
+		st.Apply(ch)
+	}
+	return n, nil
+}
+
+func joinFlags(flags []imap.Flag) string {
+	fl := make([]string, len(flags))
+	for i, f := range flags {
+		fl[i] = string(f)
+	}
+	return strings.Join(fl, " ")
+}
+
+func splitFlags(s string) []imap.Flag {
+	out := []imap.Flag{}
+	for _, f := range strings.Fields(s) {
+		out = append(out, imap.Flag(f))
+	}
+	return out
 }
 
 func writeFileAtomic(dir, path string, b []byte) error {
@@ -215,25 +487,25 @@ type stateFile struct {
 	Messages [][]any `json:"messages"`
 	// Missing: fingerprints in hex.
 	Missing []string `json:"missing,omitempty"`
+	// Snapshot names this snapshot in the lines of its journal.
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 // ErrBadState reports a state file that cannot be decoded.
 var ErrBadState = errors.New("imapfailover: malformed state")
 
 // EncodeState returns the file form of st.
-func EncodeState(st *MailboxState) ([]byte, error) {
-	f := stateFile{Version: 1, Mailbox: st.Mailbox, UIDValidity: st.UIDValidity, LastUID: uint32(st.LastUID), ModSeq: st.ModSeq}
+func EncodeState(st *MailboxState) ([]byte, error) { return encodeState(st, "") }
+
+func encodeState(st *MailboxState, id string) ([]byte, error) {
+	f := stateFile{Version: 1, Mailbox: st.Mailbox, UIDValidity: st.UIDValidity, LastUID: uint32(st.LastUID), ModSeq: st.ModSeq, Snapshot: id}
 	uids := slices.Sorted(maps.Keys(st.Messages))
 	f.Messages = make([][]any, 0, len(uids))
 	for _, uid := range uids {
 		m := st.Messages[uid]
 		row := []any{uint32(uid), strconv.FormatUint(m.Fingerprint, 16)}
 		if m.Flags != nil {
-			fl := make([]string, len(m.Flags))
-			for i, f := range m.Flags {
-				fl[i] = string(f)
-			}
-			row = append(row, strings.Join(fl, " "))
+			row = append(row, joinFlags(m.Flags))
 		}
 		f.Messages = append(f.Messages, row)
 	}
@@ -246,6 +518,11 @@ func EncodeState(st *MailboxState) ([]byte, error) {
 // DecodeState parses the file form written by EncodeState. Any defect is
 // an error wrapping ErrBadState.
 func DecodeState(b []byte) (*MailboxState, error) {
+	st, _, err := decodeState(b)
+	return st, err
+}
+
+func decodeState(b []byte) (*MailboxState, string, error) {
 	var f struct {
 		Version     int               `json:"version"`
 		Mailbox     string            `json:"mailbox"`
@@ -254,12 +531,13 @@ func DecodeState(b []byte) (*MailboxState, error) {
 		ModSeq      map[string]uint64 `json:"modseq"`
 		Messages    []json.RawMessage `json:"messages"`
 		Missing     []string          `json:"missing"`
+		Snapshot    string            `json:"snapshot"`
 	}
 	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadState, err)
+		return nil, "", fmt.Errorf("%w: %w", ErrBadState, err)
 	}
 	if f.Version != 1 {
-		return nil, fmt.Errorf("%w: version %d", ErrBadState, f.Version)
+		return nil, "", fmt.Errorf("%w: version %d", ErrBadState, f.Version)
 	}
 	st := &MailboxState{
 		Mailbox: f.Mailbox, UIDValidity: f.UIDValidity, LastUID: imap.UID(f.LastUID),
@@ -268,45 +546,42 @@ func DecodeState(b []byte) (*MailboxState, error) {
 	for i, raw := range f.Messages {
 		var row []json.RawMessage
 		if err := json.Unmarshal(raw, &row); err != nil || len(row) < 2 || len(row) > 3 {
-			return nil, fmt.Errorf("%w: message %d", ErrBadState, i)
+			return nil, "", fmt.Errorf("%w: message %d", ErrBadState, i)
 		}
 		var uid uint32
 		var fp string
 		if err := json.Unmarshal(row[0], &uid); err != nil || uid == 0 {
-			return nil, fmt.Errorf("%w: message %d: bad UID", ErrBadState, i)
+			return nil, "", fmt.Errorf("%w: message %d: bad UID", ErrBadState, i)
 		}
 		if err := json.Unmarshal(row[1], &fp); err != nil {
-			return nil, fmt.Errorf("%w: message %d: bad fingerprint", ErrBadState, i)
+			return nil, "", fmt.Errorf("%w: message %d: bad fingerprint", ErrBadState, i)
 		}
 		n, err := strconv.ParseUint(fp, 16, 64)
 		if err != nil {
-			return nil, fmt.Errorf("%w: message %d: bad fingerprint", ErrBadState, i)
+			return nil, "", fmt.Errorf("%w: message %d: bad fingerprint", ErrBadState, i)
 		}
 		m := KnownMessage{Fingerprint: n}
 		if len(row) == 3 {
 			var fl string
 			if err := json.Unmarshal(row[2], &fl); err != nil {
-				return nil, fmt.Errorf("%w: message %d: bad flags", ErrBadState, i)
+				return nil, "", fmt.Errorf("%w: message %d: bad flags", ErrBadState, i)
 			}
-			m.Flags = []imap.Flag{}
-			for _, f := range strings.Fields(fl) {
-				m.Flags = append(m.Flags, imap.Flag(f))
-			}
+			m.Flags = splitFlags(fl)
 		}
 		if _, dup := st.Messages[imap.UID(uid)]; dup {
-			return nil, fmt.Errorf("%w: UID %d twice", ErrBadState, uid)
+			return nil, "", fmt.Errorf("%w: UID %d twice", ErrBadState, uid)
 		}
 		st.Messages[imap.UID(uid)] = m
 	}
 	if len(f.Missing) > maxMissing {
-		return nil, fmt.Errorf("%w: %d missing fingerprints", ErrBadState, len(f.Missing))
+		return nil, "", fmt.Errorf("%w: %d missing fingerprints", ErrBadState, len(f.Missing))
 	}
 	for i, fp := range f.Missing {
 		n, err := strconv.ParseUint(fp, 16, 64)
 		if err != nil {
-			return nil, fmt.Errorf("%w: missing %d: bad fingerprint", ErrBadState, i)
+			return nil, "", fmt.Errorf("%w: missing %d: bad fingerprint", ErrBadState, i)
 		}
 		st.Missing = append(st.Missing, n)
 	}
-	return st, nil
+	return st, f.Snapshot, nil
 }

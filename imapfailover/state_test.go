@@ -1,6 +1,7 @@
 package imapfailover
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -194,4 +195,145 @@ func normState(st *MailboxState) *MailboxState {
 		}
 	}
 	return c
+}
+
+func TestFileStoreJournal(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := t.Context()
+	fs := NewFileStore(dir)
+	st := sampleState()
+	if err := fs.Save(ctx, "INBOX", st); err != nil {
+		t.Fatal(err)
+	}
+	want := st.Clone()
+	for uid := imap.UID(43); uid <= 45; uid++ {
+		ch := StateChange{UIDValidity: st.UIDValidity, LastUID: uid, UID: uid, Message: KnownMessage{Fingerprint: uint64(uid), Flags: []imap.Flag{imap.FlagSeen}}}
+		if err := fs.Record(ctx, "INBOX", ch); err != nil {
+			t.Fatal(err)
+		}
+		want.Apply(ch)
+	}
+	modseq := StateChange{UIDValidity: st.UIDValidity, Replica: "imap2", ModSeq: 18}
+	if err := fs.Record(ctx, "INBOX", modseq); err != nil {
+		t.Fatal(err)
+	}
+	want.Apply(modseq)
+	// A change made under another UIDVALIDITY does not apply.
+	if err := fs.Record(ctx, "INBOX", StateChange{UIDValidity: 1, LastUID: 1000, UID: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	load := func() (*MailboxState, error) {
+		t.Helper()
+		return NewFileStore(dir).Load(ctx, "INBOX")
+	}
+	if got, err := load(); err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("after records:\n got %+v %v\nwant %+v", got, err, want)
+	}
+
+	// A crash in the middle of a record leaves a torn last line: that
+	// record was never acknowledged, the others stand.
+	journal := filepath.Join(dir, "mailbox-INBOX.journal")
+	f, err := os.OpenFile(journal, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"snapshot":"`)
+	f.Close()
+	if got, err := load(); err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("after a torn record: %+v %v", got, err)
+	}
+	// A damaged line before the end is not a crash: it is reported.
+	b, _ := os.ReadFile(journal)
+	if err := os.WriteFile(journal, append([]byte("garbage\n"), b...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := load(); !errors.Is(err, ErrBadState) {
+		t.Fatalf("damaged journal: %v", err)
+	}
+	os.WriteFile(journal, b, 0o600)
+
+	// Save starts over: a crash before the old journal is removed leaves
+	// lines of the old snapshot, which do not apply to the new one.
+	fs = NewFileStore(dir)
+	if _, err := fs.Load(ctx, "INBOX"); err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.Save(ctx, "INBOX", st); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(journal, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := load(); err != nil || !reflect.DeepEqual(got, st) {
+		t.Fatalf("old journal applied to a new snapshot: %+v %v", got, err)
+	}
+}
+
+func TestFileStoreJournalCompacts(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := t.Context()
+	fs := NewFileStore(dir)
+	st := &MailboxState{Mailbox: "INBOX", UIDValidity: 7}
+	if err := fs.Save(ctx, "INBOX", st); err != nil {
+		t.Fatal(err)
+	}
+	for uid := imap.UID(1); uid <= compactEvery+2; uid++ {
+		if err := fs.Record(ctx, "INBOX", StateChange{UIDValidity: 7, LastUID: uid, UID: uid, Message: KnownMessage{Fingerprint: uint64(uid)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "mailbox-INBOX.journal"))
+	if err != nil || bytes.Count(b, []byte("\n")) != 2 {
+		t.Fatalf("journal after compaction: %d lines, %v", bytes.Count(b, []byte("\n")), err)
+	}
+	got, err := NewFileStore(dir).Load(ctx, "INBOX")
+	if err != nil || got.LastUID != compactEvery+2 || len(got.Messages) != compactEvery+2 {
+		t.Fatalf("after compaction: last %d, %d messages, %v", got.LastUID, len(got.Messages), err)
+	}
+}
+
+func TestMemoryStoreRecord(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	var ms MemoryStore
+	if err := ms.Record(ctx, "INBOX", StateChange{UIDValidity: 1, LastUID: 5}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := ms.Load(ctx, "INBOX"); st != nil {
+		t.Fatalf("record without state created %+v", st)
+	}
+	st := sampleState()
+	ms.Save(ctx, "INBOX", st)
+	ch := StateChange{UIDValidity: st.UIDValidity, LastUID: 50, UID: 50, Message: KnownMessage{Fingerprint: 9}}
+	if err := ms.Record(ctx, "INBOX", ch); err != nil {
+		t.Fatal(err)
+	}
+	st.Apply(ch)
+	if got, _ := ms.Load(ctx, "INBOX"); !reflect.DeepEqual(got, st) {
+		t.Fatalf("got %+v", got)
+	}
+}
+
+func FuzzReplayJournal(f *testing.F) {
+	f.Add([]byte(`{"snapshot":"a","uidvalidity":1,"last_uid":3,"uid":3,"fp":"ff","flags":"\\Seen"}` + "\n"))
+	f.Add([]byte(`{"snapshot":"a","uidvalidity":1,"replica":"imap1","modseq":9}` + "\n" + `{"snapshot":"a"`))
+	f.Add([]byte(`{"snapshot":"b","uidvalidity":1,"uid":3,"fp":"zz"}` + "\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		st := &MailboxState{UIDValidity: 1}
+		n, err := replayJournal(st, "a", b)
+		if err != nil {
+			if !errors.Is(err, ErrBadState) {
+				t.Fatalf("untyped error %v", err)
+			}
+			return
+		}
+		if n > bytes.Count(b, []byte("\n")) {
+			t.Fatalf("%d records from %d lines", n, bytes.Count(b, []byte("\n")))
+		}
+		if _, ok := st.Messages[0]; ok {
+			t.Fatal("message with UID 0")
+		}
+	})
 }
