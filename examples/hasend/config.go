@@ -229,6 +229,9 @@ func (s *settings) relayList() ([]smtpclient.Relay, error) {
 			rl.TLS, rl.ImplicitTLS = smtpclient.TLSVerify, true
 		}
 		if s.user != "" {
+			if s.tls == "none" {
+				return nil, errors.New("user is set with tls none: the password would cross the network in clear (RFC 4954 §4)")
+			}
 			if s.password == "" {
 				return nil, errors.New("user is set but no password (HASEND_PASSWORD, password_file)")
 			}

@@ -266,6 +266,7 @@ func TestUsageAndConfigErrors(t *testing.T) {
 		{"no relay", []string{"to@example.org"}, map[string]string{}, exConfig},
 		{"bad env", []string{"to@example.org"}, map[string]string{"HASEND_RELAY": srv.Addr(), "HASEND_TIMEOUT": "soon"}, exConfig},
 		{"user without password", []string{"to@example.org"}, map[string]string{"HASEND_RELAY": srv.Addr(), "HASEND_USER": "cron"}, exConfig},
+		{"password in clear", []string{"-tls", "none", "to@example.org"}, relayEnv(srv), exConfig},
 		{"missing config file", []string{"-config", "/nonexistent/hasend.conf", "to@example.org"}, relayEnv(srv), exConfig},
 		{"-run without -queue", []string{"-run"}, relayEnv(srv), exUsage},
 	} {

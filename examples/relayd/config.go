@@ -345,6 +345,9 @@ func (c *Config) check() error {
 		if r.User != "" && r.PasswordFile == "" {
 			return fmt.Errorf("relay %s: user without password_file", r.Addr)
 		}
+		if r.User != "" && r.TLS == "none" {
+			return fmt.Errorf("relay %s: user with tls none would send the password in clear (RFC 4954 §4)", r.Addr)
+		}
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

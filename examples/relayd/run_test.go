@@ -241,6 +241,7 @@ func TestConfigErrors(t *testing.T) {
 		{"no users", []string{"-tls-self-signed", "-queue-dir", f.queueDir, "-relay", "127.0.0.1:1"}, exConfig},
 		{"no TLS", []string{"-users-file", f.usersFile, "-queue-dir", f.queueDir, "-relay", "127.0.0.1:1"}, exConfig},
 		{"bad relay TLS", []string{"-users-file", f.usersFile, "-tls-self-signed", "-queue-dir", f.queueDir, "-relay", "127.0.0.1:1", "-relay-tls", "maybe"}, exConfig},
+		{"password in clear", []string{"-users-file", f.usersFile, "-tls-self-signed", "-queue-dir", f.queueDir, "-relay", "127.0.0.1:1", "-relay-tls", "none", "-relay-user", "u", "-relay-password-file", f.usersFile}, exConfig},
 		{"unknown flag", []string{"-frobnicate"}, exUsage},
 		{"stray argument", []string{"extra"}, exUsage},
 		{"missing config", []string{"-config", filepath.Join(f.dir, "none.json")}, exConfig},
