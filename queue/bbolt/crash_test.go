@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,10 +48,26 @@ func crashOptions() *bbolt.Options { return &bbolt.Options{InlineBodyMax: 2048} 
 // crashBody is the body for a key: its size varies so that some bodies are
 // inline and some spooled, and its content can be checked after a crash.
 func crashBody(key string) string {
-	n := 200 + len(key)*97%6000
+	n := 200 + keyHash(key)%6000
 	line := "Subject: " + key + "\r\n\r\n"
 	return line + strings.Repeat(key+".", n/(len(key)+1))
 }
+
+func keyHash(key string) int {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	return int(h.Sum32() >> 1)
+}
+
+// refused reports whether the remote server refuses the message of key
+// for good, so that its failure notice must come back to the sender.
+func refused(key string) bool { return keyHash(key)%11 == 0 }
+
+var (
+	subjectRe   = regexp.MustCompile(`(?m)^Subject: (\S+)\r$`)
+	dsnOfRe     = regexp.MustCompile(`(?m)^Message-ID: <([0-9a-v]{20})\.failure\.`)
+	crashReject = queue.Reply{Code: 550, Enhanced: "5.1.1", Text: "no such user"}
+)
 
 // deliveryLog appends delivered IDs to a file, each fsynced before the
 // delivery counts, as a remote server's own queue would have it.
@@ -72,6 +90,20 @@ func (l *deliveryLog) Deliver(ctx context.Context, d *queue.Delivery) ([]queue.R
 		return nil, err
 	}
 	res := make([]queue.RecipientResult, len(d.Recipients))
+	line := fmt.Sprintf("%s %d\n", d.ID, len(body))
+	if d.Envelope.From == "" {
+		// A failure notice: logged under the ID of the message it is about.
+		m := dsnOfRe.FindSubmatch(body)
+		if m == nil {
+			return nil, fmt.Errorf("notice %s names no message", d.ID)
+		}
+		line = fmt.Sprintf("N %s %d\n", m[1], len(body))
+	} else if m := subjectRe.FindSubmatch(body); m != nil && refused(string(m[1])) {
+		for i := range res {
+			res[i] = queue.RecipientResult{Outcome: queue.OutcomePermanent, Reply: crashReject}
+		}
+		return res, nil
+	}
 	if rand.IntN(5) == 0 {
 		// Some temporary failures, so that records are rewritten too.
 		for i := range res {
@@ -81,7 +113,7 @@ func (l *deliveryLog) Deliver(ctx context.Context, d *queue.Delivery) ([]queue.R
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, err := fmt.Fprintf(l.f, "%s %d\n", d.ID, len(body)); err != nil {
+	if _, err := l.f.WriteString(line); err != nil {
 		return nil, err
 	}
 	if err := l.f.Sync(); err != nil {
@@ -99,7 +131,10 @@ func crashRunnerOptions() *queue.RunnerOptions {
 		AttemptTimeout: 500 * time.Millisecond,
 		LeaseDuration:  time.Second,
 		Schedule:       queue.Retry{MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Jitter: -1},
-		ReportingMTA:   "mta.example.org",
+		// A notice owed when the process died is handed over when the
+		// item comes due again, after NoticeRetry.
+		NoticeRetry:  200 * time.Millisecond,
+		ReportingMTA: "mta.example.org",
 	}
 }
 
@@ -143,26 +178,34 @@ func crashChild(dir string) {
 	wg.Wait()
 }
 
-func readDelivered(t *testing.T, dir string) map[string]int {
+// readDelivered returns how many times each message was delivered, and
+// how many failure notices about each came back to the sender.
+func readDelivered(t *testing.T, dir string) (delivered, noticed map[string]int) {
 	t.Helper()
 	p, err := os.ReadFile(filepath.Join(dir, "delivered.log"))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Fatal(err)
 	}
-	got := map[string]int{}
+	delivered, noticed = map[string]int{}, map[string]int{}
 	for line := range strings.SplitSeq(string(p), "\n") {
-		if f := strings.Fields(line); len(f) == 2 {
-			got[f[0]]++ // a torn last line has no length field
+		// A torn last line has no length field.
+		switch f := strings.Fields(line); {
+		case len(f) == 2:
+			delivered[f[0]]++
+		case len(f) == 3 && f[0] == "N":
+			noticed[f[1]]++
 		}
 	}
-	return got
+	return delivered, noticed
 }
 
 // TestCrashRecovery kills a process that enqueues and delivers with
 // SIGKILL at random points, several times, and checks after each restart
 // that every message whose Enqueue returned is still queued, intact, or
-// was delivered, and that duplicate deliveries stay within what was in
-// flight at the crashes.
+// was delivered — or, for the messages the server refuses, that the
+// failure notice was queued or delivered to the sender — and, at the end,
+// that duplicate deliveries and notices stay within what was in flight at
+// the crashes.
 func TestCrashRecovery(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -244,6 +287,10 @@ func TestCrashRecovery(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
+			left, _ := s.List(context.Background(), "", 10)
+			for _, it := range left {
+				t.Logf("left: %s key %q from %q attempts %d next %v last error %q recipients %+v", it.ID, it.Key, it.Envelope.From, it.Attempts, it.NextAttempt, it.LastError, it.Recipients)
+			}
 			t.Fatalf("queue not drained in 30 s: %+v", st)
 		}
 		waitChange(s)
@@ -252,18 +299,34 @@ func TestCrashRecovery(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	delivered := readDelivered(t, dir)
-	dups := 0
-	for id := range acked {
+	delivered, noticed := readDelivered(t, dir)
+	dups, refusals := 0, 0
+	for id, key := range acked {
+		if refused(key) {
+			// Refused for good: never delivered, and the failure notice
+			// reached the sender.
+			refusals++
+			if delivered[id] != 0 {
+				t.Errorf("refused message %s (%s) counted as delivered", id, key)
+			}
+			switch c := noticed[id]; {
+			case c == 0:
+				t.Errorf("message %s (%s) refused and no failure notice reached the sender", id, key)
+			case c > 1:
+				dups += c - 1
+			}
+			continue
+		}
 		switch c := delivered[id]; {
 		case c == 0:
-			t.Errorf("message %s (%s) acknowledged and never delivered", id, acked[id])
+			t.Errorf("message %s (%s) acknowledged and never delivered", id, key)
 		case c > 1:
 			dups += c - 1
 		}
 	}
-	t.Logf("%d rounds, %d acknowledged enqueues, %d deliveries, %d duplicates", rounds, len(acked), len(delivered), dups)
-	// A crash can repeat at most the attempts that were in flight.
+	t.Logf("%d rounds, %d acknowledged enqueues (%d refused by the server), %d delivered, %d notices, %d duplicates", rounds, len(acked), refusals, len(delivered), len(noticed), dups)
+	// A crash can repeat at most the attempts (deliveries or notices) that
+	// were in flight.
 	if limit := rounds * crashConcurrency; dups > limit {
 		t.Errorf("%d duplicate deliveries, more than the %d attempts that can be in flight at %d crashes", dups, limit, rounds)
 	}
@@ -297,16 +360,23 @@ func verifyAfterCrash(t *testing.T, dir string, acked map[string]string, round i
 	}
 	defer s.Close()
 	ctx := context.Background()
-	if _, err := s.List(ctx, "", 0); err != nil {
+	queued, err := s.List(ctx, "", 0)
+	if err != nil {
 		t.Errorf("round %d: List after crash: %v", round, err)
 	}
-	delivered := readDelivered(t, dir)
+	keys := map[string]bool{}
+	for _, it := range queued {
+		keys[it.Key] = true
+	}
+	delivered, noticed := readDelivered(t, dir)
 	present := 0
 	for id, key := range acked {
 		it, err := s.Inspect(ctx, id)
 		if errors.Is(err, queue.ErrNotFound) {
-			if delivered[id] == 0 {
-				t.Errorf("round %d: message %s (%s) lost: not queued, not delivered", round, id, key)
+			// Gone: delivered, or refused with its notice delivered or
+			// queued (under the key the runner gives it).
+			if delivered[id] == 0 && !(refused(key) && (noticed[id] > 0 || keys["dsn:"+id+":failure:0"])) {
+				t.Errorf("round %d: message %s (%s) lost: not queued, not delivered, no notice", round, id, key)
 			}
 			continue
 		}
