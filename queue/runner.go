@@ -251,10 +251,14 @@ func (r *Runner) attempt(ctx context.Context, it *Item) {
 	var body Body
 	if len(pending) > 0 {
 		b, err := r.store.Body(wctx, it.ID)
+		if errors.Is(err, ErrNotFound) {
+			if _, ierr := r.store.Inspect(wctx, it.ID); errors.Is(ierr, ErrNotFound) {
+				return // completed meanwhile by another worker
+			}
+			// The item is there and its body is not: lost.
+			err = fmt.Errorf("%w: %w", ErrCorrupt, err)
+		}
 		switch {
-		case errors.Is(err, ErrNotFound):
-			log.Error("queue: opening body", "err", err)
-			return // completed meanwhile by another worker
 		case errors.Is(err, ErrCorrupt):
 			// The content is lost for good (a spool file gone, a body of
 			// the wrong length): no attempt can deliver it, and the sender

@@ -770,9 +770,17 @@ func runDamaged(t *testing.T, err error, o *queue.RunnerOptions) (id string, cal
 }
 
 func TestRunnerLostBody(t *testing.T) {
+	// A store may report a lost body as corrupt, or as not found while the
+	// item is there.
+	for _, lost := range []error{queue.ErrCorrupt, queue.ErrNotFound} {
+		t.Run(lost.Error(), func(t *testing.T) { testRunnerLostBody(t, lost) })
+	}
+}
+
+func testRunnerLostBody(t *testing.T, lost error) {
 	synctest.Test(t, func(t *testing.T) {
 		var notices []*queue.Notice
-		id, calls := runDamaged(t, queue.ErrCorrupt, &queue.RunnerOptions{OnNotice: func(ctx context.Context, n *queue.Notice) error {
+		id, calls := runDamaged(t, lost, &queue.RunnerOptions{OnNotice: func(ctx context.Context, n *queue.Notice) error {
 			notices = append(notices, n)
 			return nil
 		}})

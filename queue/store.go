@@ -39,7 +39,10 @@ type Store interface {
 	// ErrLeaseLost if l is not the item's latest lease.
 	Complete(ctx context.Context, l Lease) error
 
-	// Body opens the item's body. The caller closes it.
+	// Body opens the item's body. The caller closes it. It fails with
+	// ErrNotFound if no item has this ID, and with an error wrapping
+	// ErrCorrupt if the item is there but its body is lost or damaged (the
+	// Runner then gives the recipients up with a failure notice).
 	Body(ctx context.Context, id string) (Body, error)
 
 	// Inspect returns a copy of the item.
