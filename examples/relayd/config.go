@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/hamail/hamail/smtpclient"
 )
 
@@ -152,6 +154,7 @@ func (e *configError) Unwrap() error { return e.err }
 type invocation struct {
 	cfg          *Config
 	hashPassword bool
+	bcryptCost   int
 	printConfig  bool
 }
 
@@ -163,6 +166,7 @@ func parseConfig(args []string, stderr io.Writer) (*invocation, error) {
 	var (
 		configPath   = fs.String("config", "", "JSON configuration `file` (see the package documentation); flags override it")
 		hashPassword = fs.Bool("hash-password", false, "read a password on standard input, print its bcrypt hash for the users file, and exit")
+		bcryptCost   = fs.Int("bcrypt-cost", 10, "bcrypt `cost` of -hash-password (4 to 14; each step doubles the work of every AUTH)")
 		printConfig  = fs.Bool("print-config", false, "print the effective configuration as JSON and exit")
 		relays       = fs.String("relay", "", "comma-separated `host:port` next hops, each a backup of the ones before (replaces the file's relays)")
 		relayUser    = fs.String("relay-user", "", "AUTH `name` for the -relay hops")
@@ -211,8 +215,11 @@ func parseConfig(args []string, stderr io.Writer) (*invocation, error) {
 	if fs.NArg() > 0 {
 		return nil, &usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
-	inv := &invocation{cfg: d, hashPassword: *hashPassword, printConfig: *printConfig}
+	inv := &invocation{cfg: d, hashPassword: *hashPassword, printConfig: *printConfig, bcryptCost: *bcryptCost}
 	if *hashPassword {
+		if *bcryptCost < bcrypt.MinCost || *bcryptCost > maxCost {
+			return nil, &usageError{fmt.Errorf("-bcrypt-cost %d: want %d to %d", *bcryptCost, bcrypt.MinCost, maxCost)}
+		}
 		return inv, nil
 	}
 	if *configPath != "" {

@@ -55,7 +55,8 @@ func TestConfigFileAndFlags(t *testing.T) {
 func TestHashPassword(t *testing.T) {
 	t.Parallel()
 	stdout, stderr := newLineLog(), newLineLog()
-	if code := run(t.Context(), []string{"-hash-password"}, strings.NewReader("s3cret pass\n"), stdout, stderr); code != exOK {
+	// The lowest cost keeps the test fast under the race detector.
+	if code := run(t.Context(), []string{"-hash-password", "-bcrypt-cost", "4"}, strings.NewReader("s3cret pass\n"), stdout, stderr); code != exOK {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 	hash := strings.TrimSpace(stdout.String())
@@ -71,6 +72,9 @@ func TestHashPassword(t *testing.T) {
 	}
 	if code := run(t.Context(), []string{"-hash-password"}, strings.NewReader("\n"), stdout, stderr); code != exUsage {
 		t.Errorf("empty password: exit %d, want 64", code)
+	}
+	if code := run(t.Context(), []string{"-hash-password", "-bcrypt-cost", "20"}, strings.NewReader("pw\n"), stdout, stderr); code != exUsage {
+		t.Errorf("cost 20: exit %d, want 64", code)
 	}
 }
 

@@ -69,7 +69,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return exFailure
 	}
 	if inv.hashPassword {
-		return hashPassword(stdin, stdout, stderr)
+		return hashPassword(stdin, stdout, stderr, inv.bcryptCost)
 	}
 	cfg := inv.cfg
 	if inv.printConfig {
@@ -378,7 +378,7 @@ func (d *daemon) healthz(w http.ResponseWriter, r *http.Request) {
 }
 
 // hashPassword prints the bcrypt hash of the first line of stdin.
-func hashPassword(stdin io.Reader, stdout, stderr io.Writer) int {
+func hashPassword(stdin io.Reader, stdout, stderr io.Writer, cost int) int {
 	line, err := bufio.NewReader(stdin).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
 		fmt.Fprintf(stderr, "relayd: %v\n", err)
@@ -389,7 +389,7 @@ func hashPassword(stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "relayd: -hash-password: empty password on standard input")
 		return exUsage
 	}
-	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.DefaultCost)
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), cost)
 	if err != nil {
 		fmt.Fprintf(stderr, "relayd: %v\n", err)
 		return exFailure
