@@ -255,8 +255,9 @@ func (r *Runner) attempt(ctx context.Context, it *Item) {
 			if _, ierr := r.store.Inspect(wctx, it.ID); errors.Is(ierr, ErrNotFound) {
 				return // completed meanwhile by another worker
 			}
-			// The item is there and its body is not: lost.
-			err = fmt.Errorf("%w: %w", ErrCorrupt, err)
+			// The item is there and its body is not. Unlike ErrCorrupt
+			// this may pass (a distributed store catching up), so it is
+			// retried on the schedule below, and the lifetime ends it.
 		}
 		switch {
 		case errors.Is(err, ErrCorrupt):

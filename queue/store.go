@@ -41,8 +41,9 @@ type Store interface {
 
 	// Body opens the item's body. The caller closes it. It fails with
 	// ErrNotFound if no item has this ID, and with an error wrapping
-	// ErrCorrupt if the item is there but its body is lost or damaged (the
-	// Runner then gives the recipients up with a failure notice).
+	// ErrCorrupt if the item is there but its body is lost or damaged for
+	// good (the Runner then gives the recipients up with a failure
+	// notice); any other error is retried on the schedule.
 	Body(ctx context.Context, id string) (Body, error)
 
 	// Inspect returns a copy of the item.
