@@ -56,6 +56,12 @@ func classify(stage Stage, err error) verdict {
 		return verdict{outcome: Temporary, excluded: true}
 	}
 
+	if errors.Is(err, ErrClosed) {
+		// The Client was closed while this Send waited for a connection:
+		// our doing, not the host's, and no other host will do better.
+		return verdict{outcome: Temporary, excluded: true}
+	}
+
 	if errors.Is(err, errLocal) && stage != StagePolicy {
 		// Our side failed (the body could not be read): not the host's
 		// fault, and another host would fare no better.

@@ -108,6 +108,7 @@ func TestClassify(t *testing.T) {
 		{"ctx deadline writing body", StageBody, fmt.Errorf("x: %w", context.DeadlineExceeded), cancelled},
 		{"ctx deadline after dot", StageDataEnd, fmt.Errorf("x: %w", context.DeadlineExceeded), verdict{outcome: Unknown, excluded: true}},
 		// Local failures.
+		{"client closed while waiting for a connection", StageConnect, ErrClosed, cancelled},
 		{"body unreadable", StageBody, fmt.Errorf("%w: disk", errLocal), verdict{outcome: Temporary}},
 		{"token source down", StagePolicy, fmt.Errorf("%w: token", errLocal), tmp},
 		{"extension missing", StageMail, fmt.Errorf("%w: 8BITMIME", errPolicy), tmp},

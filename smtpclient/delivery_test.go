@@ -459,3 +459,55 @@ func TestConcurrentSendsSurviveARelayDying(t *testing.T) {
 	}
 	t.Logf("%d messages, %d unknown after the relay died", senders*each, unknown)
 }
+
+// TestCloseWhileSendsWait: Close during Sends makes those waiting for a
+// connection fail temporarily with ErrClosed, without blaming the host,
+// while the session in progress finishes its delivery.
+func TestCloseWhileSendsWait(t *testing.T) {
+	t.Parallel()
+	a := server(t, nil)
+	a.SetFault(smtptest.StageDataEnd, smtptest.Fault{Delay: 300 * time.Millisecond})
+	h := &fakeHealth{down: map[string]bool{}}
+	c := newTestClient(t, &Options{Relays: []Relay{{Name: "a", Addr: a.Addr()}}, Pool: PoolOptions{MaxPerHost: 1}, Health: h})
+	results := make(chan RecipientResult, 2)
+	for _, rcpt := range []string{"first@example.com", "second@example.com"} {
+		go func() {
+			res, err := c.Send(testCtx(t), testMessage(rcpt))
+			if err != nil {
+				t.Errorf("%s: %v", rcpt, err)
+				results <- RecipientResult{Recipient: rcpt}
+				return
+			}
+			results <- res.Recipients[0]
+		}()
+		if rcpt == "first@example.com" {
+			if _, err := a.Wait(testCtx(t), func(s smtptest.Stats) bool { return s.Mail == 1 }); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for c.Stats().Hosts["a"].Waiting != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the second Send never waited for the connection")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	c.Close()
+	got := map[string]RecipientResult{}
+	for range 2 {
+		rr := <-results
+		got[rr.Recipient] = rr
+	}
+	if rr := got["first@example.com"]; rr.Outcome != Delivered {
+		t.Errorf("session in progress: %+v", rr)
+	}
+	if rr := got["second@example.com"]; rr.Outcome != Temporary || !errors.Is(rr.Err, ErrClosed) {
+		t.Errorf("waiting Send: %+v", rr)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.failures["a"] != 0 {
+		t.Errorf("closing the client was reported as %d host failures", h.failures["a"])
+	}
+}
