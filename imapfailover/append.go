@@ -42,9 +42,10 @@ func (p *Pool) Append(ctx context.Context, mailbox string, msg []byte, opts *ima
 	res := &AppendResult{MessageID: id}
 	uncertain := false
 	var last error
+	var moved failTracker
 	for range len(p.replicas) + 1 {
 		res.Attempts++
-		err := p.Do(ctx, Once, func(ctx context.Context, c *Conn) error {
+		err := p.do(ctx, Once, func(ctx context.Context, c *Conn) error {
 			res.Replica = c.Replica()
 			if uncertain {
 				v, uid, err := c.searchMessageID(ctx, mailbox, id)
@@ -74,7 +75,7 @@ func (p *Pool) Append(ctx context.Context, mailbox string, msg []byte, opts *ima
 				res.UIDValidity, res.UID = data.UIDValidity, data.UID
 				return nil
 			})
-		})
+		}, &moved)
 		if err == nil {
 			return res, nil
 		}

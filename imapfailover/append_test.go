@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -84,10 +85,12 @@ func TestAppendBlackHoleRetriedOnNextReplica(t *testing.T) {
 	t.Parallel()
 	s := imaptest.NewSet(t, nil)
 	proxy := faultproxy.Start(t, s.Replica(0).Addr())
+	var log hookLog
 	p := newTestPool(t, s, func(o *Options) {
 		o.Replicas[0].Addr = proxy.Addr()
 		o.CommandTimeout = 300 * time.Millisecond
 		o.DialTimeout = 300 * time.Millisecond
+		o.Hooks = log.hooks()
 	})
 	// Warm a pooled connection, then let the network swallow everything.
 	if err := p.Do(t.Context(), Once, func(ctx context.Context, c *Conn) error { return c.Noop(ctx) }); err != nil {
@@ -102,6 +105,9 @@ func TestAppendBlackHoleRetriedOnNextReplica(t *testing.T) {
 	}
 	if res.Replica != "imap2" || res.Found {
 		t.Fatalf("result %+v", res)
+	}
+	if _, failovers, errs, _, _ := log.snapshot(); fmt.Sprint(failovers) != "[imap1>imap2]" || !errors.Is(errs[0], ErrTimeout) {
+		t.Fatalf("Failover %v %v", failovers, errs)
 	}
 	for i, r := range s.Replicas() {
 		uids, err := r.SearchMessageID("INBOX", "<"+res.MessageID+">")

@@ -132,3 +132,49 @@ func TestWatchSkipsLaggingReplica(t *testing.T) {
 		t.Fatalf("%d messages reported expunged", expunged)
 	}
 }
+
+// Split brain: both replicas gave UID 3 to different messages. The reader
+// handled one of them; once replication renumbers both (Dovecot's dsync
+// gives them new UIDs and drops the old one), the handled one is
+// recognised and only the other is handed out.
+func TestSplitBrainRenumbering(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, nil)
+	appendN(t, s, 1, 2)
+	p := newTestPool(t, s, nil)
+	var expunged []imap.UID
+	mb := p.Mailbox("INBOX", &MailboxOptions{DeliverExisting: true, OnExpunge: func(_ context.Context, _ uint32, uids []imap.UID) error {
+		expunged = append(expunged, uids...)
+		return nil
+	}})
+	rec := newRecorder()
+	if _, err := mb.Sync(t.Context(), rec.handle); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, 3, 3, 0)
+	appendN(t, s, 4, 4, 1)
+	if rep, err := mb.Sync(t.Context(), rec.handle); err != nil || rep.Delivered != 1 {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	// The reader moves to the other side before replication resolves the
+	// conflict: its UID 3 looks handled, nothing is delivered yet.
+	if err := s.Replica(0).Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := mb.Sync(t.Context(), rec.handle); err != nil || rep.Replica != "imap2" || rep.Delivered != 0 {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	// Replication resolves it: UID 3 goes, both messages come back as 4 and 5.
+	if err := s.Expunge("INBOX", imap.UIDSetNum(3)); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, 3, 4)
+	rep, err := mb.Sync(t.Context(), rec.handle)
+	if err != nil || rep.Delivered != 1 || rep.Remapped != 1 {
+		t.Fatalf("after renumbering: %+v %v", rep, err)
+	}
+	rec.assertExactlyOnce(t, 1, 4)
+	if len(expunged) != 0 {
+		t.Fatalf("renumbered message reported expunged: %v", expunged)
+	}
+}

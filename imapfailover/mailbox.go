@@ -81,7 +81,7 @@ type SyncReport struct {
 	UIDValidityChanged bool
 	Delivered          int        // messages handed to the handler
 	Remapped           int        // known messages found again under new UIDs
-	Expunged           []imap.UID // known messages gone (UIDs of the current UIDVALIDITY)
+	Expunged           []imap.UID // known messages gone (UIDs of the current UIDVALIDITY); not those found again under a new UID
 	FlagChanges        int
 	// FlagCheck says how flags were checked: "changedsince" (CONDSTORE,
 	// cost follows the changes), "full" (a flags fetch of every known
@@ -496,9 +496,25 @@ func (m *Mailbox) resync(ctx context.Context, c *Conn, h Handler) (*SyncReport, 
 		}
 		pending = append(pending, id.uid)
 	}
+	// A renumbered message is not gone: report only the others.
+	renumbered := map[uint64]int{}
 	for _, uid := range gone {
+		renumbered[st.Messages[uid].Fingerprint]++
+	}
+	for fp, n := range goneFP {
+		renumbered[fp] -= n
+	}
+	var expunged []imap.UID
+	for _, uid := range gone {
+		fp := st.Messages[uid].Fingerprint
+		if renumbered[fp] > 0 {
+			renumbered[fp]--
+		} else {
+			expunged = append(expunged, uid)
+		}
 		delete(st.Messages, uid)
 	}
+	gone = expunged
 	rep.Expunged = gone
 
 	// Flags: CHANGEDSINCE this replica's last mod-sequence (RFC 7162

@@ -317,8 +317,13 @@ func (p *Pool) discard(c *Conn) {
 // error of its own, the error is returned as is. When every replica was
 // tried the error wraps ErrNoReplica and the last failure.
 func (p *Pool) Do(ctx context.Context, repeat Repeat, fn func(ctx context.Context, c *Conn) error) error {
+	return p.do(ctx, repeat, fn, &failTracker{})
+}
+
+// do is Do with the failures seen so far (by earlier calls of one
+// operation, such as the attempts of an Append) kept in moved.
+func (p *Pool) do(ctx context.Context, repeat Repeat, fn func(ctx context.Context, c *Conn) error, moved *failTracker) error {
 	var last error
-	var moved failTracker
 	for _, rs := range p.order() {
 		c, err := p.get(ctx, rs)
 		if err != nil {
@@ -350,10 +355,10 @@ func (p *Pool) Do(ctx context.Context, repeat Repeat, fn func(ctx context.Contex
 			return err
 		}
 		p.reportFailure(rs, err)
+		moved.failed(rs.name, err)
 		if repeat == Once {
 			return err
 		}
-		moved.failed(rs.name, err)
 		last = err
 	}
 	if last == nil {
