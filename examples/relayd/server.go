@@ -71,6 +71,10 @@ type Server struct {
 	draining bool
 	ln       net.Listener
 	changed  chan struct{} // signalled when a transaction ends
+	// serveDone is closed when go-smtp's accept loop has returned: only
+	// then may its Shutdown wait for the connections (its WaitGroup must
+	// not be added to while it is waited on).
+	serveDone chan struct{}
 }
 
 // NewServer makes a Server; it does no I/O.
@@ -120,8 +124,10 @@ func (s *Server) Serve(ln net.Listener) error {
 		return nil
 	}
 	s.ln = ln
+	s.serveDone = make(chan struct{})
 	s.mu.Unlock()
 	err := s.smtp.Serve(&trackingListener{Listener: ln, s: s})
+	close(s.serveDone)
 	s.mu.Lock()
 	draining := s.draining
 	s.mu.Unlock()
@@ -138,10 +144,16 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
-	ln := s.ln
+	ln, serveDone := s.ln, s.serveDone
 	s.mu.Unlock()
 	if ln != nil {
 		ln.Close()
+		select {
+		case <-serveDone:
+		case <-ctx.Done():
+			s.smtp.Close()
+			return ctx.Err()
+		}
 	}
 	done := make(chan struct{})
 	go func() {
