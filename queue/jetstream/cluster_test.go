@@ -16,39 +16,61 @@ import (
 
 var clusterMessages = flag.Int("jetstream.cluster-messages", 5000, "messages delivered in TestClusterLeaderKill")
 
-// countingDeliverer delivers every recipient and counts attempts per item.
+// countingDeliverer counts attempts per item. With deferEvery set, the
+// first attempt of every deferEvery-th message (by its recipient's number)
+// fails with a temporary error, so that its retry is scheduled.
 type countingDeliverer struct {
-	mu       sync.Mutex
-	attempts map[string]int
-	total    atomic.Int64
+	deferEvery int
+	mu         sync.Mutex
+	attempts   map[string]int
+	deferred   map[string]bool
+	total      atomic.Int64
 }
 
-func newCountingDeliverer() *countingDeliverer {
-	return &countingDeliverer{attempts: make(map[string]int)}
+func newCountingDeliverer(deferEvery int) *countingDeliverer {
+	return &countingDeliverer{deferEvery: deferEvery, attempts: make(map[string]int), deferred: make(map[string]bool)}
 }
 
 func (c *countingDeliverer) Deliver(ctx context.Context, d *queue.Delivery) ([]queue.RecipientResult, error) {
+	var n int
+	fmt.Sscanf(d.Recipients[0].Address, "r%d@", &n)
 	c.mu.Lock()
 	c.attempts[d.ID]++
+	first := c.attempts[d.ID] == 1
+	deferNow := first && c.deferEvery > 0 && n%c.deferEvery == 0
+	if deferNow {
+		c.deferred[d.ID] = true
+	}
 	c.mu.Unlock()
 	c.total.Add(1)
 	out := make([]queue.RecipientResult, len(d.Recipients))
 	for i := range out {
 		out[i] = queue.RecipientResult{Outcome: queue.OutcomeDelivered, Reply: queue.Reply{Code: 250, Enhanced: "2.0.0", Text: "OK"}}
+		if deferNow {
+			out[i] = queue.RecipientResult{Outcome: queue.OutcomeTemporary, Reply: queue.Reply{Code: 451, Enhanced: "4.3.0", Text: "try again later"}}
+		}
 	}
 	return out, nil
 }
 
-// duplicates returns how many attempts went beyond the first per item and
-// which of want were never attempted.
+// duplicates returns how many attempts went beyond those planned (one, or
+// two for a deferred message) and which of want were never delivered.
 func (c *countingDeliverer) duplicates(want []string) (dups int, missing []string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, n := range c.attempts {
-		dups += n - 1
+	for id, n := range c.attempts {
+		planned := 1
+		if c.deferred[id] {
+			planned = 2
+		}
+		dups += max(n-planned, 0)
 	}
 	for _, id := range want {
-		if c.attempts[id] == 0 {
+		planned := 1
+		if c.deferred[id] {
+			planned = 2
+		}
+		if c.attempts[id] < planned {
 			missing = append(missing, id)
 		}
 	}
@@ -66,9 +88,10 @@ func testEnvelope(i int) queue.Envelope {
 var testBody = "From: alice@example.org\r\nSubject: test\r\n\r\n" + strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n", 15)
 
 // TestClusterLeaderKill delivers messages through two runners on a
-// three-node R3 cluster and shuts the stream leader down in the middle.
-// Every message is delivered; repeated attempts are counted and bounded by
-// what was in flight when the leader died.
+// three-node R3 cluster and shuts the stream leader down in the middle;
+// every tenth message fails its first attempt and waits for a scheduled
+// retry. Every message is delivered; repeated attempts are counted and
+// bounded by what was in flight when the leader died.
 func TestClusterLeaderKill(t *testing.T) {
 	t.Parallel()
 	leaderKill(t, *clusterMessages, func(ctx context.Context, c *testCluster, s *Store) *testNode {
@@ -125,7 +148,9 @@ func leaderKill(t *testing.T, total int, pick func(context.Context, *testCluster
 		t.Cleanup(func() { s.Close() })
 		stores = append(stores, s)
 	}
-	d := newCountingDeliverer()
+	// Every tenth message is deferred once, so retries scheduled on the
+	// servers span the shutdown.
+	d := newCountingDeliverer(10)
 	runCtx, stopRunners := context.WithCancel(ctx)
 	var runWG sync.WaitGroup
 	for _, s := range stores {
@@ -135,6 +160,7 @@ func leaderKill(t *testing.T, total int, pick func(context.Context, *testCluster
 			LeaseDuration:  5 * time.Second,
 			PollInterval:   50 * time.Millisecond,
 			NoDSN:          true,
+			Schedule:       queue.Retry{MinBackoff: time.Second, MaxBackoff: time.Second, Jitter: -1},
 		})
 		runWG.Go(func() {
 			if err := r.Run(runCtx); err != nil {
@@ -200,7 +226,10 @@ func leaderKill(t *testing.T, total int, pick func(context.Context, *testCluster
 		t.Fatalf("queue not empty after delivery: %+v", st)
 	}
 	dups, _ := d.duplicates(ids)
-	t.Logf("%d messages, %d repeated attempts (bound %d in flight)", total, dups, inflight)
+	d.mu.Lock()
+	deferred := len(d.deferred)
+	d.mu.Unlock()
+	t.Logf("%d messages (%d retried on schedule), %d repeated attempts (bound %d in flight)", total, deferred, dups, inflight)
 	if dups > inflight {
 		t.Errorf("%d repeated attempts, more than the %d that can be in flight", dups, inflight)
 	}
