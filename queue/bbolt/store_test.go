@@ -503,3 +503,33 @@ func TestKeyRetention(t *testing.T) {
 		return nil
 	})
 }
+
+// A database is used by one process at a time: a second Open fails after
+// LockTimeout with an error naming the file, and succeeds once the first
+// store is closed.
+func TestOneOpenAtATime(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "queue.db")
+	s, err := bbolt.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Enqueue(context.Background(), msg("bob@example.net", "x")); err != nil {
+		t.Fatal(err)
+	}
+	second, err := bbolt.Open(path, &bbolt.Options{LockTimeout: 50 * time.Millisecond})
+	if err == nil {
+		second.Close()
+		t.Fatal("a second Open of a database in use succeeded")
+	}
+	if !strings.Contains(err.Error(), path) {
+		t.Errorf("second Open: %v, want an error naming %s", err, path)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, path, &bbolt.Options{LockTimeout: 10 * time.Second})
+	if st, err := s.Stats(context.Background()); err != nil || st.Items != 1 {
+		t.Errorf("after the first store closed: %+v, %v", st, err)
+	}
+}
