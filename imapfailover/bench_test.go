@@ -45,7 +45,7 @@ func countingDial(n *atomic.Int64) func(ctx context.Context, network, addr strin
 
 // fillMaildir writes n messages straight into a maildir, owned by the
 // Dovecot mail user, which is much faster than n APPENDs.
-func fillMaildir(b *testing.B, dir string, n int) {
+func fillMaildir(b testing.TB, dir string, n int) {
 	b.Helper()
 	st, err := os.Stat(filepath.Dir(dir))
 	if err != nil {
