@@ -20,7 +20,10 @@
 //   - Notices: permanent failures and expired recipients produce a delivery
 //     status notification (RFC 3464 multipart/report, RFC 3462) enqueued to
 //     the reverse path, never for a null reverse path; an optional hook
-//     sees every notice.
+//     sees every notice. A message whose content the store reports lost
+//     (ErrCorrupt) is given up at once with such a notice, without the
+//     original; one whose content cannot be read for now waits on the
+//     schedule like a failed attempt.
 //
 // Delivery is at least once: a crash between a server's final reply and
 // the write that records it repeats the delivery; nothing is lost. Results
