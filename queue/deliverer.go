@@ -11,7 +11,9 @@ type Deliverer interface {
 	// (for example, no route to any host); recipients without a result
 	// then count as temporary failures. When ctx ends, Deliver returns
 	// promptly, reporting what it knows: a recipient the server may have
-	// accepted is OutcomeUnknown, never OutcomeTemporary.
+	// accepted is OutcomeUnknown, never OutcomeTemporary. A panic in
+	// Deliver is recovered by the Runner and fails the attempt like an
+	// error: the recipients are tried again.
 	Deliver(ctx context.Context, d *Delivery) ([]RecipientResult, error)
 }
 
