@@ -57,8 +57,12 @@ type Config struct {
 	// Hostname is this server's name: greeting, Received fields, EHLO to
 	// the next hops, the self-signed certificate. Default: os.Hostname.
 	Hostname string `json:"hostname"`
-	// Listen is the submission address (default ":587", RFC 6409).
+	// Listen is the submission address (default ":587", RFC 6409), with
+	// STARTTLS.
 	Listen string `json:"listen"`
+	// ListenTLS, when set, is a second address where TLS starts with the
+	// first byte (submissions, port 465, RFC 8314 §3.3).
+	ListenTLS string `json:"listen_tls"`
 	// TLSCert and TLSKey are PEM files for STARTTLS (RFC 3207).
 	TLSCert string `json:"tls_cert"`
 	TLSKey  string `json:"tls_key"`
@@ -179,6 +183,7 @@ func parseConfig(args []string, stderr io.Writer) (*invocation, error) {
 	// flag that was given overrides the file.
 	fs.String("hostname", "", "this server's `name` (default: the host name)")
 	fs.String("listen", d.Listen, "submission `address`")
+	fs.String("listen-tls", "", "submissions `address` with implicit TLS, e.g. :465 (RFC 8314); \"\" for none")
 	fs.String("tls-cert", "", "PEM certificate `file` for STARTTLS")
 	fs.String("tls-key", "", "PEM private key `file` for STARTTLS")
 	fs.Bool("tls-self-signed", false, "make a throw-away self-signed certificate (for trying relayd out)")
@@ -239,6 +244,8 @@ func parseConfig(args []string, stderr io.Writer) (*invocation, error) {
 			d.Hostname = v.(string)
 		case "listen":
 			d.Listen = v.(string)
+		case "listen-tls":
+			d.ListenTLS = v.(string)
 		case "tls-cert":
 			d.TLSCert = v.(string)
 		case "tls-key":
@@ -335,6 +342,9 @@ func (c *Config) check() error {
 	}
 	if !c.TLSSelfSigned && c.TLSCert == "" && !c.InsecureAuth {
 		return errors.New("no TLS: give tls_cert and tls_key (or tls_self_signed); AUTH is refused without TLS unless insecure_auth is set")
+	}
+	if c.ListenTLS != "" && !c.TLSSelfSigned && c.TLSCert == "" {
+		return errors.New("listen_tls needs a certificate (tls_cert and tls_key, or tls_self_signed)")
 	}
 	if c.MaxMessageBytes <= 0 || c.MaxRecipients <= 0 || c.MaxConnections <= 0 {
 		return errors.New("max_message_bytes, max_recipients and max_connections must be positive")

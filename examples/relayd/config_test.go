@@ -118,6 +118,9 @@ func TestUsersFile(t *testing.T) {
 		{"empty name", ":" + string(h) + "\n", false},
 		{"twice", "alice:" + string(h) + "\nalice:" + string(h) + "\n", false},
 		{"empty", "# nobody\n", false},
+		{"senders", "alice:" + string(h) + ":alice@example.org, @example.net,<>\n", true},
+		{"empty senders", "alice:" + string(h) + ":\n", false},
+		{"bad sender", "alice:" + string(h) + ":not an address\n", false},
 	} {
 		_, err := parseUsers("users", strings.NewReader(tc.content))
 		if (err == nil) != tc.ok {

@@ -24,6 +24,7 @@
 //	{
 //	  "hostname": "submit.example.org",
 //	  "listen": ":587",
+//	  "listen_tls": ":465",
 //	  "tls_cert": "/etc/relayd/cert.pem",
 //	  "tls_key": "/etc/relayd/key.pem",
 //	  "users_file": "/etc/relayd/users",
@@ -52,8 +53,11 @@
 //	}
 //
 // The users file holds "name:bcrypt-hash" lines (htpasswd -nbB name password
-// writes them too). Only authenticated users may send (530 5.7.0 otherwise),
-// and AUTH is offered only after STARTTLS unless insecure_auth is set.
+// writes them too), with an optional third field listing the envelope senders
+// the account may use ("alice:$2y$...:alice@example.org,@example.net,<>");
+// MAIL FROM any other address gets 553 5.7.1. Only authenticated users may
+// send (530 5.7.0 otherwise), and AUTH is offered only under TLS (STARTTLS on
+// listen, or implicit TLS on listen_tls) unless insecure_auth is set.
 //
 // HTTP (http_listen): /metrics serves Prometheus metrics from a private
 // registry (hamail_* from the metrics package, relayd_submissions_total, Go

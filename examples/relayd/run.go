@@ -100,6 +100,7 @@ type daemon struct {
 	mailer  *hamail.Mailer
 	server  *Server
 	smtpLn  net.Listener
+	smtpsLn net.Listener
 	httpLn  net.Listener
 	httpSrv *http.Server
 	checker *health.Checker
@@ -208,6 +209,11 @@ func (d *daemon) start() error {
 	if err != nil {
 		return err
 	}
+	if cfg.ListenTLS != "" {
+		if d.smtpsLn, err = net.Listen("tcp", cfg.ListenTLS); err != nil {
+			return err
+		}
+	}
 	if cfg.HTTPListen != "" {
 		d.httpLn, err = net.Listen("tcp", cfg.HTTPListen)
 		if err != nil {
@@ -251,8 +257,12 @@ func (d *daemon) serve(ctx context.Context) int {
 		go func() { httpErr <- d.httpSrv.Serve(d.httpLn) }()
 		fmt.Fprintf(d.stdout, "relayd: http listening on %s\n", d.httpLn.Addr())
 	}
-	smtpErr := make(chan error, 1)
+	smtpErr := make(chan error, 2)
 	go func() { smtpErr <- d.server.Serve(d.smtpLn) }()
+	if d.smtpsLn != nil {
+		go func() { smtpErr <- d.server.ServeTLS(d.smtpsLn) }()
+		fmt.Fprintf(d.stdout, "relayd: smtps listening on %s\n", d.smtpsLn.Addr())
+	}
 	fmt.Fprintf(d.stdout, "relayd: smtp listening on %s\n", d.smtpLn.Addr())
 	d.log.Info("started", "smtp", d.smtpLn.Addr().String(), "queue", d.cfg.QueueDir)
 
@@ -308,8 +318,12 @@ func (d *daemon) stop() bool {
 			d.log.Warn("transactions cut at the end of the shutdown timeout", "err", err)
 		}
 		cancel()
-	} else if d.smtpLn != nil {
-		d.smtpLn.Close()
+	} else {
+		for _, ln := range []net.Listener{d.smtpLn, d.smtpsLn} {
+			if ln != nil {
+				ln.Close()
+			}
+		}
 	}
 	if d.bgCancel != nil {
 		d.bgCancel()

@@ -8,7 +8,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -22,9 +24,9 @@ import (
 
 // inProcess is a relayd running in the test process through run.
 type inProcess struct {
-	smtp, http string
-	stderr     *lineLog
-	stop       func() int
+	smtp, http     string
+	stdout, stderr *lineLog
+	stop           func() int
 }
 
 func startInProcess(t *testing.T, args []string) *inProcess {
@@ -33,7 +35,7 @@ func startInProcess(t *testing.T, args []string) *inProcess {
 	stdout, stderr := newLineLog(), newLineLog()
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, args, strings.NewReader(""), stdout, stderr) }()
-	p := &inProcess{stderr: stderr}
+	p := &inProcess{stdout: stdout, stderr: stderr}
 	stopped := false
 	code := -1
 	p.stop = func() int {
@@ -350,4 +352,72 @@ func TestReadTimeout(t *testing.T) {
 		t.Fatalf("slow message: %d %s, want 250", code, msg)
 	}
 	waitMessages(t, hop, 1, 30*time.Second)
+}
+
+func TestImplicitTLSAndSenderRestrictions(t *testing.T) {
+	t.Parallel()
+	hop := nextHop(t)
+	f := newFixture(t)
+	// alice may send as herself and for example.net only.
+	users, _ := os.ReadFile(f.usersFile)
+	// The fixture's last line is alice's: add the third field to it.
+	restricted := strings.TrimRight(string(users), "\n") + ":alice@example.org,@Example.NET\n"
+	if err := os.WriteFile(f.usersFile, []byte(restricted), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startInProcess(t, f.args(hop.Addr(), "-listen-tls", "127.0.0.1:0"))
+	smtps := regexp.MustCompile(`smtps listening on (\S+)`)
+	addr := p.stdout.wait(t, smtps, 10*time.Second)
+
+	c, err := smtp.DialTLS(addr, f.clientTLS)
+	if err != nil {
+		t.Fatalf("implicit TLS (RFC 8314): %v", err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", testUser, testPassword)); err != nil {
+		t.Fatalf("AUTH over implicit TLS: %v", err)
+	}
+	for _, tc := range []struct {
+		from string
+		ok   bool
+	}{
+		{"alice@example.org", true},
+		{"ALICE@example.org", true},
+		{"ops@example.net", true},
+		{"eve@example.com", false},
+		{"alice@example.org.evil.test", false},
+		{"", false}, // the null sender is not in her list
+	} {
+		err := c.Mail(tc.from, nil)
+		var se *smtp.SMTPError
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("MAIL FROM:<%s>: %v, want accepted", tc.from, err)
+		case !tc.ok && (!errors.As(err, &se) || se.Code != 553):
+			t.Errorf("MAIL FROM:<%s>: %v, want 553 5.7.1", tc.from, err)
+		}
+		if err == nil {
+			if err := c.Reset(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := c.Mail("alice@example.org", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("bob@example.net", nil); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w, message("implicit"))
+	if err := w.Close(); err != nil {
+		t.Fatalf("message over implicit TLS: %v", err)
+	}
+	m := waitMessages(t, hop, 1, 30*time.Second)[0]
+	if !strings.Contains(string(m.Body), "with ESMTPSA") {
+		t.Errorf("Received field does not say ESMTPSA:\n%s", m.Body)
+	}
 }

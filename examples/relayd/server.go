@@ -69,12 +69,12 @@ type Server struct {
 	mu       sync.Mutex
 	conns    map[*trackedConn]struct{}
 	draining bool
-	ln       net.Listener
+	lns      []net.Listener
 	changed  chan struct{} // signalled when a transaction ends
-	// serveDone is closed when go-smtp's accept loop has returned: only
-	// then may its Shutdown wait for the connections (its WaitGroup must
-	// not be added to while it is waited on).
-	serveDone chan struct{}
+	// serving counts go-smtp's accept loops: only once they have all
+	// returned may its Shutdown wait for the connections (its WaitGroup
+	// must not be added to while it is waited on).
+	serving sync.WaitGroup
 }
 
 // NewServer makes a Server; it does no I/O.
@@ -114,20 +114,35 @@ type slogLogger struct{ l *slog.Logger }
 func (l slogLogger) Printf(format string, v ...any) { l.l.Debug(fmt.Sprintf(format, v...)) }
 func (l slogLogger) Println(v ...any)               { l.l.Debug(fmt.Sprint(v...)) }
 
-// Serve accepts connections on ln until Shutdown. It returns nil after a
-// Shutdown.
-func (s *Server) Serve(ln net.Listener) error {
+// Serve accepts connections on ln until Shutdown, offering STARTTLS. It
+// returns nil after a Shutdown. Serve and ServeTLS may be called for several
+// listeners.
+func (s *Server) Serve(ln net.Listener) error { return s.serve(ln, false) }
+
+// ServeTLS is Serve for implicit TLS: the connection is TLS from its first
+// byte (submissions, port 465, RFC 8314 §3.3).
+func (s *Server) ServeTLS(ln net.Listener) error { return s.serve(ln, true) }
+
+func (s *Server) serve(ln net.Listener, implicitTLS bool) error {
 	s.mu.Lock()
 	if s.draining {
 		s.mu.Unlock()
 		ln.Close()
 		return nil
 	}
-	s.ln = ln
-	s.serveDone = make(chan struct{})
+	s.lns = append(s.lns, ln)
+	s.serving.Add(1)
 	s.mu.Unlock()
-	err := s.smtp.Serve(&trackingListener{Listener: ln, s: s})
-	close(s.serveDone)
+	var l net.Listener = &trackingListener{Listener: ln, s: s, implicitTLS: implicitTLS}
+	if implicitTLS {
+		if s.o.TLS == nil {
+			s.serving.Done()
+			return errors.New("relayd: implicit TLS without a certificate")
+		}
+		l = tls.NewListener(l, s.o.TLS)
+	}
+	err := s.smtp.Serve(l)
+	s.serving.Done()
 	s.mu.Lock()
 	draining := s.draining
 	s.mu.Unlock()
@@ -144,16 +159,21 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
-	ln, serveDone := s.ln, s.serveDone
+	lns := s.lns
 	s.mu.Unlock()
-	if ln != nil {
+	for _, ln := range lns {
 		ln.Close()
-		select {
-		case <-serveDone:
-		case <-ctx.Done():
-			s.smtp.Close()
-			return ctx.Err()
-		}
+	}
+	loopsDone := make(chan struct{})
+	go func() {
+		s.serving.Wait()
+		close(loopsDone)
+	}()
+	select {
+	case <-loopsDone:
+	case <-ctx.Done():
+		s.smtp.Close()
+		return ctx.Err()
 	}
 	done := make(chan struct{})
 	go func() {
@@ -202,7 +222,8 @@ func (s *Server) isDraining() bool {
 // MaxConnections with a 421 (RFC 5321 §3.8).
 type trackingListener struct {
 	net.Listener
-	s *Server
+	s           *Server
+	implicitTLS bool // a reply in clear would mean nothing to the client
 }
 
 func (l *trackingListener) Accept() (net.Conn, error) {
@@ -223,8 +244,10 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 			// Not in the accept loop: a client that does not read must
 			// not hold up the others.
 			go func() {
-				c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-				io.WriteString(c, "421 4.7.0 "+l.s.o.Hostname+" too many connections, try again later\r\n")
+				if !l.implicitTLS {
+					c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+					io.WriteString(c, "421 4.7.0 "+l.s.o.Hostname+" too many connections, try again later\r\n")
+				}
 				c.Close()
 			}()
 			continue
@@ -333,6 +356,7 @@ type session struct {
 	remote string
 	tls    *tls.ConnectionState
 	user   string
+	users  *users // the accounts user was checked against
 
 	from     string
 	mailOpts smtp.MailOptions
@@ -381,7 +405,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 			ss.s.log.Warn("auth failed", "remote", ss.remote, "user", username, "failures", ss.tc.authFailures)
 			return smtp.ErrAuthFailed
 		}
-		ss.user = username
+		ss.user, ss.users = username, us
 		ss.s.log.Debug("auth", "remote", ss.remote, "user", username)
 		return nil
 	}), nil
@@ -396,6 +420,12 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		if _, err := smtpclient.ParseAddress(from); err != nil {
 			return smtpErr(553, smtp.EnhancedCode{5, 1, 7}, "Bad sender address syntax")
 		}
+	}
+	if !ss.users.mayUse(ss.user, from) {
+		ss.s.log.Warn("sender refused", "remote", ss.remote, "user", ss.user, "from", from)
+		// RFC 6409 §6.1: the MSA may check that the sender is the
+		// authenticated user's.
+		return smtpErr(553, smtp.EnhancedCode{5, 7, 1}, "Sender address not allowed for this user")
 	}
 	if ss.s.isDraining() || !ss.tc.begin() {
 		return errShuttingDown

@@ -10,17 +10,29 @@ import (
 	"strings"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/hamail/hamail/smtpclient"
 )
 
-// users holds the accounts allowed to submit: name → bcrypt hash.
+// users holds the accounts allowed to submit: name → bcrypt hash, and the
+// sender addresses each may use.
 //
 // The users file has one "name:hash" per line, as htpasswd -B writes it
 // ("htpasswd -nbB alice secret") or relayd -hash-password prints it; blank
 // lines and lines starting with # are skipped. Only bcrypt hashes ($2a$, $2b$,
 // $2y$) are accepted: they are salted and slow on purpose, so a stolen file
 // does not give the passwords away cheaply.
+//
+// An optional third field restricts the envelope senders (MAIL FROM) of the
+// account, as Postfix's smtpd_sender_login_maps does: a comma-separated list
+// of addresses, "@domain" for any address of a domain, and "<>" for the null
+// sender. Without it the account may use any sender.
+//
+//	alice:$2y$05$...:alice@example.org,@alice.example.org
+//	monitoring:$2y$05$...:alerts@example.org,<>
 type users struct {
-	hashes map[string][]byte
+	hashes  map[string][]byte
+	senders map[string][]string // name → allowed senders; absent: any
 	// dummy is checked for unknown names, so that the time of a refusal
 	// does not tell whether the name exists.
 	dummy []byte
@@ -36,7 +48,7 @@ func loadUsers(path string) (*users, error) {
 }
 
 func parseUsers(path string, r io.Reader) (*users, error) {
-	u := &users{hashes: map[string][]byte{}}
+	u := &users{hashes: map[string][]byte{}, senders: map[string][]string{}}
 	sc := bufio.NewScanner(r)
 	n := 0
 	for sc.Scan() {
@@ -47,7 +59,26 @@ func parseUsers(path string, r io.Reader) (*users, error) {
 		}
 		name, hash, ok := strings.Cut(line, ":")
 		if !ok || name == "" {
-			return nil, fmt.Errorf("%s:%d: want name:bcrypt-hash", path, n)
+			return nil, fmt.Errorf("%s:%d: want name:bcrypt-hash[:senders]", path, n)
+		}
+		hash, senders, restricted := strings.Cut(hash, ":")
+		if restricted {
+			var list []string
+			for _, a := range strings.Split(senders, ",") {
+				if a = strings.TrimSpace(a); a == "" {
+					continue
+				}
+				if a != "<>" && !strings.HasPrefix(a, "@") {
+					if _, err := smtpclient.ParseAddress(a); err != nil {
+						return nil, fmt.Errorf("%s:%d: user %s: sender %q: %v", path, n, name, a, err)
+					}
+				}
+				list = append(list, a)
+			}
+			if len(list) == 0 {
+				return nil, fmt.Errorf("%s:%d: user %s: empty sender list (leave the field out to allow any)", path, n, name)
+			}
+			u.senders[name] = list
 		}
 		cost, err := bcrypt.Cost([]byte(hash))
 		if err != nil || !strings.HasPrefix(hash, "$2") {
@@ -94,6 +125,33 @@ func (u *users) verify(name, password string) error {
 		return errBadCredentials
 	}
 	return nil
+}
+
+// mayUse reports whether the authenticated user may send as from ("" is
+// the null sender).
+func (u *users) mayUse(name, from string) bool {
+	if u == nil {
+		return false
+	}
+	list, restricted := u.senders[name]
+	if !restricted {
+		return true
+	}
+	for _, a := range list {
+		switch {
+		case a == "<>":
+			if from == "" {
+				return true
+			}
+		case strings.HasPrefix(a, "@"):
+			if i := strings.LastIndexByte(from, '@'); i >= 0 && strings.EqualFold(from[i:], a) {
+				return true
+			}
+		case strings.EqualFold(a, from):
+			return true
+		}
+	}
+	return false
 }
 
 // sameIdentity reports whether the PLAIN authorization identity is the
