@@ -714,19 +714,26 @@ func (s *Store) take(ctx context.Context, m *delivery, fetchedAt, now time.Time,
 		err = fmt.Errorf("%w: record of %s on the subject of %s", errBadRecord, rec.ID, id)
 	}
 	if err != nil {
-		return nil, id, s.quarantine(ctx, m, id, err)
+		return nil, id, s.quarantine(ctx, m, fetchedAt, id, err)
 	}
 	if md.NumDelivered > 1 {
 		// Redelivered: the runner that had it may have written a newer
 		// version before it stopped.
 		last, err := s.lastOf(ctx, s.itemSubjects(id))
 		if err != nil && !errors.Is(err, natsjs.ErrMsgNotFound) {
-			_ = m.Nak()
+			s.handBack(m, fetchedAt)
 			return nil, "", err
 		}
 		if err != nil || last.Sequence != md.Sequence.Stream {
 			return nil, "", m.DoubleAck(ctx)
 		}
+	}
+	if !s.fresh(fetchedAt) {
+		// The checks above took so long that the server may be handing
+		// the item to another runner: a lease now would be refused at its
+		// first Record or Complete, after a delivery attempt. The server
+		// redelivers it on its own.
+		return nil, "", fmt.Errorf("delivery of %s older than AckWait", id)
 	}
 	if wait := rec.NextAttempt.Sub(s.now()); wait > 10*time.Millisecond {
 		// Fired early (clock skew between this host and the servers).
@@ -735,7 +742,7 @@ func (s *Store) take(ctx context.Context, m *delivery, fetchedAt, now time.Time,
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		_ = m.Nak()
+		s.handBack(m, fetchedAt)
 		return nil, "", queue.ErrClosed
 	}
 	s.token++
@@ -759,7 +766,7 @@ func (s *Store) take(ctx context.Context, m *delivery, fetchedAt, now time.Time,
 
 // quarantine moves an undecodable version aside where an operator can
 // read it, so that the rest of the queue keeps flowing.
-func (s *Store) quarantine(ctx context.Context, m *delivery, id string, cause error) error {
+func (s *Store) quarantine(ctx context.Context, m *delivery, fetchedAt time.Time, id string, cause error) error {
 	if !validToken(id) {
 		id = "invalid"
 	}
@@ -768,7 +775,7 @@ func (s *Store) quarantine(ctx context.Context, m *delivery, id string, cause er
 	q.Header.Set("Hamail-Quarantine-Reason", cause.Error())
 	q.Header.Set("Hamail-Quarantine-Subject", m.Subject())
 	if _, err := s.publish(ctx, q); err != nil {
-		_ = m.Nak()
+		s.handBack(m, fetchedAt)
 		return err
 	}
 	s.log.Error("quarantined undecodable record", "id", id, "err", cause)
@@ -791,8 +798,7 @@ func (s *Store) lookup(l queue.Lease) (*held, error) {
 	if h.msg != nil {
 		// The server redelivers AckWait after the last renewal; stop
 		// writing a little before, for the time the write takes.
-		margin := s.opts.AckWait / 10
-		if !now.Before(h.extended.Add(s.opts.AckWait - margin)) {
+		if !s.fresh(h.extended) {
 			delete(s.held, l.ID)
 			return nil, queue.ErrLeaseLost
 		}
@@ -1121,16 +1127,14 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
-	var release []*delivery
+	var release []prefetched
 	for id, h := range s.held {
 		if h.msg != nil {
-			release = append(release, h.msg)
+			release = append(release, prefetched{d: h.msg, at: h.extended})
 		}
 		delete(s.held, id)
 	}
-	for _, p := range s.buf {
-		release = append(release, p.d)
-	}
+	release = append(release, s.buf...)
 	s.buf = nil
 	stop, stopped := s.stop, s.stopped
 	s.mu.Unlock()
@@ -1138,10 +1142,27 @@ func (s *Store) Close() error {
 		close(stop)
 		<-stopped
 	}
-	for _, m := range release {
-		_ = m.Nak()
+	for _, p := range release {
+		s.handBack(p.d, p.at)
 	}
 	return nil
+}
+
+// fresh reports whether a delivery whose server-side lease started at
+// since, at the latest, is still surely this Store's: the lease check of
+// lookup, with its margin.
+func (s *Store) fresh(since time.Time) bool {
+	return time.Now().Before(since.Add(s.opts.AckWait - s.opts.AckWait/10))
+}
+
+// handBack returns a delivery to the server for another runner at once,
+// unless its lease may have run out: the server takes a negative
+// acknowledgement by stream sequence, so a late one would pull the item
+// from the runner the server gave it to since and hand it to a third.
+func (s *Store) handBack(m *delivery, since time.Time) {
+	if s.fresh(since) {
+		_ = m.Nak()
+	}
 }
 
 // prefetchHold is how long a prefetched delivery waits in the buffer at
