@@ -12,7 +12,9 @@
 //	hasend -queue DIR -run [options]
 //
 // See usageText in this package (hasend -help) for every option, the
-// environment, the config file and the exit statuses.
+// environment, the config file and the exit statuses. To stand in for
+// sendmail, install it as /usr/sbin/sendmail (and /usr/lib/sendmail) and put
+// the relay in /etc/hasend.conf.
 //
 // Direct mode (no -queue) exits 0 only when every recipient was accepted by a
 // server, and 75 (EX_TEMPFAIL) when some could not be delivered now, so that a

@@ -47,6 +47,7 @@ type invocation struct {
 	verbose    bool // -v
 	run        bool // -run
 	help       bool
+	noop       bool   // -bi
 	sender     string // -f, -r
 	senderSet  bool
 	fullName   string // -F
@@ -194,7 +195,13 @@ func (inv *invocation) shortValue(c byte, v string) error {
 			inv.warnings = append(inv.warnings, "ignoring option -o"+v)
 		}
 	case 'b':
-		if v != "m" {
+		switch v {
+		case "m":
+		case "i":
+			// newaliases, run by package installers: hasend keeps no
+			// alias database, so there is nothing to rebuild.
+			inv.noop = true
+		default:
 			return usageErr("-b%s is not supported: hasend only delivers a message (-bm)", v)
 		}
 	case 'N':
@@ -330,6 +337,9 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 	}
 	if inv.help {
 		io.WriteString(stdout, usageText())
+		return exOK
+	}
+	if inv.noop {
 		return exOK
 	}
 	for _, w := range inv.warnings {

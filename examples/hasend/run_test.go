@@ -281,6 +281,9 @@ func TestUsageAndConfigErrors(t *testing.T) {
 	if st := srv.Stats(); st.Connections != 0 {
 		t.Errorf("%d connections to the relay after refused invocations", st.Connections)
 	}
+	if r := runHasend(t, []string{"-bi"}, nil, ""); r.code != exOK || r.stderr != "" {
+		t.Errorf("-bi (newaliases): exit %d, stderr %q; want a silent 0", r.code, r.stderr)
+	}
 	r := runHasend(t, []string{"-help"}, nil, "")
 	if r.code != exOK || !strings.Contains(r.stdout, "Exit statuses") {
 		t.Errorf("-help: exit %d, output %q", r.code, r.stdout)

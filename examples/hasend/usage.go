@@ -32,8 +32,9 @@ Sendmail options:
   Accepted and ignored: -odi -odb -odq (hasend always finishes delivering or
   queueing before it exits), -oem -oep -oee (errors are always reported in the
   exit status and on stderr), -om -oo -o7 -o8 -bm -n -m -U -G -B -L -X -h -p -O
-  -A -d. Other -oX are ignored with a warning. Refused (exit 64): -bs, -bd,
-  -bp, -bt, -bv, -bi and the other -b modes, and -q.
+  -A -d. Other -oX are ignored with a warning. -bi (newaliases) does nothing
+  and exits 0: there is no alias database. Refused (exit 64): -bs, -bd, -bp,
+  -bt, -bv and the other -b modes, and -q.
 
 hasend options (one or two dashes; "-name value" or "-name=value"):
   -config FILE  config file (default $HASEND_CONFIG, else /etc/hasend.conf if
