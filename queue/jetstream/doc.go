@@ -10,6 +10,11 @@
 //
 // The store checks what it can at start-up (Store.Open, or the first call)
 // and fails with an error wrapping ErrUnsupportedServer or ErrStreamConfig:
+// the version of the server it is connected to, that JetStream answers,
+// and the stream's settings as the cluster stored them (a stream leader
+// older than 2.12 drops AllowMsgSchedules, which the check then reports).
+// The other servers' versions and their sync setting are not visible to a
+// client; they are the operator's part. The requirements:
 //
 //   - nats-server 2.12 or later on every server of the cluster, with
 //     JetStream enabled: retries are scheduled messages
@@ -18,9 +23,7 @@
 //     server configuration (server.Options.SyncAlways when embedding). The
 //     default flushes to disk every two minutes, and a server that loses
 //     power can then lose writes it has acknowledged; with R3 a quorum of
-//     fsynced copies is what makes an acknowledged Enqueue durable. A client
-//     cannot read this setting, so the store cannot check it: it is the
-//     operator's part of the contract.
+//     fsynced copies is what makes an acknowledged Enqueue durable.
 //   - Three servers and Options.Replicas 3 (the default), so that an
 //     acknowledged write survives the loss of any one server and the queue
 //     keeps working while one is down.

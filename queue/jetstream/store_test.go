@@ -314,3 +314,35 @@ func TestLeaseRenewedBeyondAckWait(t *testing.T) {
 		t.Fatalf("Complete after three AckWaits of a renewed lease: %v", err)
 	}
 }
+
+// A publish retried after its answer was lost (a leader election) carries
+// the same Nats-Msg-Id and is stored once.
+func TestEnqueueRetryStoredOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	n := startNode(t)
+	s := prefetchStore(t, n.url(), "dedup", 30*time.Second)
+	id := enqueueN(t, s, 1)[0]
+	raw, err := s.stream.GetLastMsgForSubject(ctx, s.itemSubjects(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, body, err := decodeRecord(raw.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pa, err := s.publishVersion(ctx, rec, body, 0, "", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pa.Duplicate || pa.Sequence != raw.Sequence {
+		t.Errorf("repeated first publish: %+v, want a duplicate of sequence %d", pa, raw.Sequence)
+	}
+	subs, err := s.queueSubjects(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := subs["ready"][id]; got != 1 {
+		t.Errorf("%d stored versions of %s, want 1", got, id)
+	}
+}
