@@ -50,7 +50,8 @@
 // A version carries the whole item (envelope, per-recipient state, counters)
 // and its body, unless the body is larger than half the server's max payload;
 // then the body is an object named by the item ID in the object store bucket
-// Options.Stream+"_BODIES", written before the item and deleted after it.
+// Options.Stream+"_BODIES", written before the item and deleted after it;
+// Store.SweepBodies removes those that a process stopping in between left.
 //
 // Runners share one durable pull consumer on ready.*. A lease is a delivery
 // not yet acknowledged: the consumer's AckWait (Options.AckWait) is the

@@ -930,6 +930,52 @@ func (s *Store) Complete(ctx context.Context, l queue.Lease) error {
 	return nil
 }
 
+// minSweepAge is the youngest body object SweepBodies deletes: an enqueue
+// stores its body before its item and may retry the item's publish for
+// retryFor.
+const minSweepAge = 2 * retryFor
+
+// SweepBodies deletes body objects whose item is gone and that are at least
+// minAge old (at least two minutes), and returns how many it deleted. Such
+// objects are left by a process that stopped between storing a large body
+// and its item, or between completing an item and deleting its body; they
+// cost space, never mail. It reads every object's metadata and looks each
+// orphan candidate up: run it now and then from one process, not on the
+// delivery path.
+func (s *Store) SweepBodies(ctx context.Context, minAge time.Duration) (int, error) {
+	if err := s.ready(ctx, "sweep"); err != nil {
+		return 0, err
+	}
+	minAge = max(minAge, minSweepAge)
+	infos, err := s.bodies.List(ctx)
+	if errors.Is(err, natsjs.ErrNoObjectsFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, &queue.Error{Op: "sweep", Err: err}
+	}
+	now := s.now()
+	deleted := 0
+	for _, info := range infos {
+		if now.Sub(info.ModTime) < minAge || !validToken(info.Name) {
+			continue
+		}
+		// Any version, in the queue or in quarantine, keeps its body.
+		_, err := s.lastOf(ctx, s.itemSubjects(info.Name))
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, natsjs.ErrMsgNotFound) {
+			return deleted, &queue.Error{Op: "sweep", ID: info.Name, Err: err}
+		}
+		if err := s.bodies.Delete(ctx, info.Name); err != nil && !errors.Is(err, natsjs.ErrObjectNotFound) {
+			return deleted, &queue.Error{Op: "sweep", ID: info.Name, Err: err}
+		}
+		deleted++
+	}
+	return deleted, nil
+}
+
 // latest reads the item's latest version.
 func (s *Store) latest(ctx context.Context, id string) (*natsjs.RawStreamMsg, *record, []byte, error) {
 	if !validToken(id) {

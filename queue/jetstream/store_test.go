@@ -346,3 +346,40 @@ func TestEnqueueRetryStoredOnce(t *testing.T) {
 		t.Errorf("%d stored versions of %s, want 1", got, id)
 	}
 }
+
+// SweepBodies deletes body objects whose item is gone once they are old
+// enough, and keeps those of queued items and young ones.
+func TestSweepBodies(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	n := startNode(t)
+	s := prefetchStore(t, n.url(), "sweep", 30*time.Second)
+	big := bytes.Repeat([]byte("x"), 1<<20)
+	kept, err := s.Enqueue(ctx, &queue.Message{Envelope: testEnvelope(1), Body: bytes.NewReader(big)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The body of an enqueue that stopped before its item was stored.
+	const orphan = "orphan00000000000000"
+	if _, err := s.bodies.PutBytes(ctx, orphan, big); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.SweepBodies(ctx, 0); err != nil || got != 0 {
+		t.Fatalf("sweep of young objects deleted %d, %v; want none", got, err)
+	}
+	// An hour later, as seen by another store on the same stream.
+	later, err := New(connect(t, n.url()), &Options{Stream: "SWEEP", Subject: "sweep", Replicas: 1, AckWait: 30 * time.Second, Now: func() time.Time { return time.Now().Add(time.Hour) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { later.Close() })
+	if got, err := later.SweepBodies(ctx, time.Minute); err != nil || got != 1 {
+		t.Fatalf("sweep deleted %d, %v; want the one orphan", got, err)
+	}
+	if _, err := s.bodies.GetInfo(ctx, orphan); !errors.Is(err, natsjs.ErrObjectNotFound) {
+		t.Errorf("orphan body after the sweep: %v", err)
+	}
+	if b, err := s.Body(ctx, kept); err != nil || b.Size() != int64(len(big)) {
+		t.Errorf("body of a queued item after the sweep: %v", err)
+	}
+}
