@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -71,6 +72,10 @@ type Config struct {
 	TLSSelfSigned bool `json:"tls_self_signed"`
 	// UsersFile holds "name:bcrypt-hash" lines (relayd -hash-password).
 	UsersFile string `json:"users_file"`
+	// TrustedNetworks are the client networks (CIDR prefixes such as
+	// "127.0.0.0/8") that may send without AUTH, as Postfix's mynetworks:
+	// the applications on this host, an internal subnet.
+	TrustedNetworks []string `json:"trusted_networks"`
 	// InsecureAuth allows AUTH without TLS. Only for a listener on a
 	// trusted network: the password crosses it in clear.
 	InsecureAuth bool `json:"insecure_auth"`
@@ -177,6 +182,7 @@ func parseConfig(args []string, stderr io.Writer) (*invocation, error) {
 		relayPwFile  = fs.String("relay-password-file", "", "`file` whose first line is the -relay hops' password")
 		relayTLS     = fs.String("relay-tls", "verify", "TLS `mode` to the -relay hops: verify, encrypt, may, none, implicit")
 		nameservers  = fs.String("nameservers", "", "comma-separated `host:port` resolvers for -mx")
+		trusted      = fs.String("trusted-networks", "", "comma-separated `CIDR` prefixes whose clients may send without AUTH (e.g. 127.0.0.0/8)")
 	)
 	d := defaultConfig()
 	// Scalar settings: the flag's default is the built-in default; a
@@ -304,6 +310,13 @@ func parseConfig(args []string, stderr io.Writer) (*invocation, error) {
 					d.Nameservers = append(d.Nameservers, n)
 				}
 			}
+		case "trusted-networks":
+			d.TrustedNetworks = nil
+			for _, n := range strings.Split(*trusted, ",") {
+				if n = strings.TrimSpace(n); n != "" {
+					d.TrustedNetworks = append(d.TrustedNetworks, n)
+				}
+			}
 		case "relay-user", "relay-password-file", "relay-tls":
 			if *relays == "" {
 				setErr = fmt.Errorf("-%s applies to -relay, which is not given", f.Name)
@@ -334,13 +347,18 @@ func (c *Config) check() error {
 	if len(c.Relays) == 0 && !c.MX {
 		return errors.New("no route: give relays (-relay) or enable mx (-mx)")
 	}
-	if c.UsersFile == "" {
-		return errors.New("users_file (-users-file) is required: relayd accepts mail only from authenticated users")
+	if c.UsersFile == "" && len(c.TrustedNetworks) == 0 {
+		return errors.New("users_file (-users-file) is required: relayd accepts mail only from authenticated users (or from trusted_networks)")
+	}
+	for _, n := range c.TrustedNetworks {
+		if _, err := netip.ParsePrefix(n); err != nil {
+			return fmt.Errorf("trusted_networks: %w", err)
+		}
 	}
 	if !c.TLSSelfSigned && (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("tls_cert and tls_key go together")
 	}
-	if !c.TLSSelfSigned && c.TLSCert == "" && !c.InsecureAuth {
+	if c.UsersFile != "" && !c.TLSSelfSigned && c.TLSCert == "" && !c.InsecureAuth {
 		return errors.New("no TLS: give tls_cert and tls_key (or tls_self_signed); AUTH is refused without TLS unless insecure_auth is set")
 	}
 	if c.ListenTLS != "" && !c.TLSSelfSigned && c.TLSCert == "" {

@@ -28,6 +28,7 @@
 //	  "tls_cert": "/etc/relayd/cert.pem",
 //	  "tls_key": "/etc/relayd/key.pem",
 //	  "users_file": "/etc/relayd/users",
+//	  "trusted_networks": ["127.0.0.0/8", "::1/128"],
 //	  "queue_dir": "/var/spool/relayd",
 //	  "relays": [
 //	    {"addr": "smtp1.example.net:587", "priority": 0, "tls": "verify", "user": "me", "password_file": "/etc/relayd/relay.pw"},
@@ -56,8 +57,10 @@
 // writes them too), with an optional third field listing the envelope senders
 // the account may use ("alice:$2y$...:alice@example.org,@example.net,<>");
 // MAIL FROM any other address gets 553 5.7.1. Only authenticated users may
-// send (530 5.7.0 otherwise), and AUTH is offered only under TLS (STARTTLS on
-// listen, or implicit TLS on listen_tls) unless insecure_auth is set.
+// send (530 5.7.0 otherwise), except clients in trusted_networks (Postfix's
+// mynetworks: local applications, an internal subnet), and AUTH is offered
+// only under TLS (STARTTLS on listen, or implicit TLS on listen_tls) unless
+// insecure_auth is set.
 //
 // HTTP (http_listen): /metrics serves Prometheus metrics from a private
 // registry (hamail_* from the metrics package, relayd_submissions_total, Go

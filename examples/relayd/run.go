@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -115,9 +116,16 @@ func (d *daemon) start() error {
 	level.UnmarshalText([]byte(cfg.LogLevel))
 	d.log = slog.New(slog.NewTextHandler(d.stderr, &slog.HandlerOptions{Level: level}))
 
-	us, err := loadUsers(cfg.UsersFile)
-	if err != nil {
-		return &configError{err}
+	var us *users
+	if cfg.UsersFile != "" {
+		var err error
+		if us, err = loadUsers(cfg.UsersFile); err != nil {
+			return &configError{err}
+		}
+	}
+	var trusted []netip.Prefix
+	for _, n := range cfg.TrustedNetworks {
+		trusted = append(trusted, netip.MustParsePrefix(n)) // checked by Config.check
 	}
 	tlsConf, err := serverTLS(cfg)
 	if err != nil {
@@ -195,6 +203,7 @@ func (d *daemon) start() error {
 		Hostname:        cfg.Hostname,
 		TLS:             tlsConf,
 		Users:           us,
+		TrustedNetworks: trusted,
 		InsecureAuth:    cfg.InsecureAuth,
 		MaxMessageBytes: cfg.MaxMessageBytes,
 		MaxRecipients:   cfg.MaxRecipients,
@@ -277,6 +286,9 @@ wait:
 	for {
 		select {
 		case <-hup:
+			if d.cfg.UsersFile == "" {
+				continue
+			}
 			us, err := loadUsers(d.cfg.UsersFile)
 			if err != nil {
 				d.log.Error("users file not reloaded, keeping the current accounts", "err", err)

@@ -244,6 +244,7 @@ func TestConfigErrors(t *testing.T) {
 		{"no TLS", []string{"-users-file", f.usersFile, "-queue-dir", f.queueDir, "-relay", "127.0.0.1:1"}, exConfig},
 		{"bad relay TLS", []string{"-users-file", f.usersFile, "-tls-self-signed", "-queue-dir", f.queueDir, "-relay", "127.0.0.1:1", "-relay-tls", "maybe"}, exConfig},
 		{"password in clear", []string{"-users-file", f.usersFile, "-tls-self-signed", "-queue-dir", f.queueDir, "-relay", "127.0.0.1:1", "-relay-tls", "none", "-relay-user", "u", "-relay-password-file", f.usersFile}, exConfig},
+		{"bad trusted network", []string{"-tls-self-signed", "-queue-dir", f.queueDir, "-relay", "127.0.0.1:1", "-trusted-networks", "10.0.0.0/33"}, exConfig},
 		{"unknown flag", []string{"-frobnicate"}, exUsage},
 		{"stray argument", []string{"extra"}, exUsage},
 		{"missing config", []string{"-config", filepath.Join(f.dir, "none.json")}, exConfig},

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,9 +32,11 @@ var _ spool = (*hamail.Mailer)(nil)
 
 // ServerOptions configure a Server.
 type ServerOptions struct {
-	Hostname        string
-	TLS             *tls.Config // nil: no STARTTLS
-	Users           *users
+	Hostname string
+	TLS      *tls.Config // nil: no STARTTLS
+	Users    *users
+	// TrustedNetworks may send without AUTH.
+	TrustedNetworks []netip.Prefix
 	InsecureAuth    bool
 	MaxMessageBytes int64
 	MaxRecipients   int
@@ -357,6 +360,8 @@ type session struct {
 	tls    *tls.ConnectionState
 	user   string
 	users  *users // the accounts user was checked against
+	// trusted: the client is in TrustedNetworks and may send without AUTH.
+	trusted bool
 
 	from     string
 	mailOpts smtp.MailOptions
@@ -375,6 +380,14 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 		return nil, errors.New("relayd: connection not tracked")
 	}
 	ss := &session{s: s, tc: tc, helo: c.Hostname(), remote: netc.RemoteAddr().String()}
+	if ap, err := netip.ParseAddrPort(ss.remote); err == nil {
+		for _, p := range s.o.TrustedNetworks {
+			if p.Contains(ap.Addr().Unmap()) {
+				ss.trusted = true
+				break
+			}
+		}
+	}
 	if st, ok := c.TLSConnectionState(); ok {
 		ss.tls = &st
 	}
@@ -389,7 +402,12 @@ var errShuttingDown = smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting
 
 // AuthMechanisms offers PLAIN; go-smtp offers AUTH only under TLS unless
 // InsecureAuth is set (RFC 4954 §4: no plain passwords in clear).
-func (ss *session) AuthMechanisms() []string { return []string{sasl.Plain} }
+func (ss *session) AuthMechanisms() []string {
+	if ss.s.users.Load() == nil {
+		return nil
+	}
+	return []string{sasl.Plain}
+}
 
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	if mech != sasl.Plain {
@@ -412,7 +430,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 }
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
-	if ss.user == "" {
+	if ss.user == "" && !ss.trusted {
 		// RFC 4954 §6: 530 5.7.0 Authentication required.
 		return smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Authentication required")
 	}
@@ -421,7 +439,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 			return smtpErr(553, smtp.EnhancedCode{5, 1, 7}, "Bad sender address syntax")
 		}
 	}
-	if !ss.users.mayUse(ss.user, from) {
+	if ss.user != "" && !ss.users.mayUse(ss.user, from) {
 		ss.s.log.Warn("sender refused", "remote", ss.remote, "user", ss.user, "from", from)
 		// RFC 6409 §6.1: the MSA may check that the sender is the
 		// authenticated user's.
