@@ -6,6 +6,9 @@
 // breakers) and/or the recipients' mail exchangers, retrying for days and
 // bouncing (RFC 3464) what cannot be delivered.
 //
+// As a submission agent should (RFC 6409 §8), it adds a Received field and,
+// when the message has none, Date and Message-ID fields.
+//
 // It also picks up what "hasend -queue DIR" drops into DIR/maildrop, so that
 // local programs using the sendmail interface share the same queue.
 //

@@ -476,7 +476,7 @@ func (ss *session) Data(r io.Reader) error {
 	msg := &hamail.Message{
 		From:     ss.from,
 		To:       ss.rcpts,
-		Body:     io.MultiReader(strings.NewReader(ss.received(id)), body),
+		Body:     io.MultiReader(strings.NewReader(ss.received(id)), newHeaderCompleter(body, ss.s.o.Hostname, id, ss.s.now())),
 		SMTPUTF8: ss.mailOpts.UTF8,
 	}
 	// The message's fate must not depend on a signal that arrives while
