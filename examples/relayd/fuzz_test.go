@@ -1,8 +1,10 @@
 package main
 
 import (
+	"io"
 	"strings"
 	"testing"
+	"time"
 )
 
 // FuzzParseUsers: any users file either loads, with every hash a bcrypt
@@ -51,6 +53,36 @@ func FuzzConfig(f *testing.F) {
 		}
 		if _, err := smtpRelays(c.Relays); err != nil && !strings.Contains(err.Error(), "relay") {
 			t.Fatalf("relays that passed check fail to build: %v", err)
+		}
+	})
+}
+
+// FuzzHeaderCompleter: whatever the message, the output is the input with at
+// most a Date and a Message-ID field inserted in one place, and a message
+// that already has both comes out unchanged.
+func FuzzHeaderCompleter(f *testing.F) {
+	f.Add("Subject: x\r\n\r\nbody\r\n")
+	f.Add("Date: x\r\nMessage-ID: <a@b>\r\n\r\n")
+	f.Add("From: a\r\n folded\r\nno colon here\r\n\r\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		now := time.Unix(0, 0)
+		b, err := io.ReadAll(newHeaderCompleter(strings.NewReader(in), "h.example", "id", now))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := string(b)
+		i := 0
+		for i < len(in) && i < len(out) && in[i] == out[i] {
+			i++
+		}
+		if len(out) < len(in) || out[len(out)-(len(in)-i):] != in[i:] {
+			t.Fatalf("input lost or reordered:\nin  %q\nout %q", in, out)
+		}
+		inserted := out[i : len(out)-(len(in)-i)]
+		for _, line := range strings.SplitAfter(inserted, "\r\n") {
+			if line != "" && !strings.HasPrefix(line, "Date: ") && !strings.HasPrefix(line, "Message-ID: <") {
+				t.Fatalf("inserted %q", inserted)
+			}
 		}
 	})
 }
