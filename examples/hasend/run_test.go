@@ -447,3 +447,16 @@ func TestDirectToMX(t *testing.T) {
 		}
 	}
 }
+
+func TestBackupRelay(t *testing.T) {
+	t.Parallel()
+	primary, backup := relay(t), relay(t)
+	environ := relayEnv(primary)
+	environ["HASEND_RELAY"] = primary.Addr() + "," + backup.Addr()
+	primary.Stop()
+	r := runHasend(t, []string{"to@example.org"}, environ, "Subject: x\n\nx\n")
+	if r.code != exOK {
+		t.Fatalf("exit %d with the primary relay down and the backup up; stderr: %s", r.code, r.stderr)
+	}
+	waitOne(t, backup)
+}
