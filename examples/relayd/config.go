@@ -101,7 +101,10 @@ type Config struct {
 	// "127.0.0.1:9587".
 	HTTPListen string `json:"http_listen"`
 
-	// Limits.
+	// Limits. MaxQueueBytes caps the queue database (not counting the
+	// bodies over 64 KiB, which are spool files); past it submissions get
+	// 452 4.3.1 until deliveries make room. 0 means no cap.
+	MaxQueueBytes   int      `json:"max_queue_bytes"`
 	MaxMessageBytes int64    `json:"max_message_bytes"`
 	MaxRecipients   int      `json:"max_recipients"`
 	MaxConnections  int      `json:"max_connections"`
@@ -114,6 +117,10 @@ type Config struct {
 	RetryMax       duration `json:"retry_max"`
 	Lifetime       duration `json:"lifetime"`
 	AttemptTimeout duration `json:"attempt_timeout"`
+	// BreakerOpen is how long a next hop that failed again and again
+	// (5 connection failures in a row) is skipped before one delivery
+	// probes it (default 60s).
+	BreakerOpen duration `json:"breaker_open"`
 	// PickupInterval is how often the maildrop is scanned.
 	PickupInterval duration `json:"pickup_interval"`
 
@@ -201,6 +208,7 @@ func parseConfig(args []string, stderr io.Writer) (*invocation, error) {
 	fs.Bool("probe", false, "probe the relays' health (SMTP greeting and EHLO)")
 	fs.String("http-listen", d.HTTPListen, "`address` for /metrics and /healthz (\"\" disables)")
 	fs.Int64("max-message-bytes", d.MaxMessageBytes, "largest message accepted, in `bytes` (SIZE, RFC 1870)")
+	fs.Int("max-queue-bytes", 0, "cap of the queue database in `bytes` (0: none); past it submissions get 452")
 	fs.Int("max-recipients", d.MaxRecipients, "most recipients per message")
 	fs.Int("max-connections", d.MaxConnections, "most simultaneous SMTP connections")
 	fs.Duration("read-timeout", defaultReadTimeout, "idle time allowed between commands and between reads of a message")
@@ -211,6 +219,7 @@ func parseConfig(args []string, stderr io.Writer) (*invocation, error) {
 	fs.Duration("lifetime", 0, "how long a message is retried before it bounces (default 120h)")
 	fs.Duration("attempt-timeout", 0, "bound of one delivery attempt (default 10m)")
 	fs.Duration("pickup-interval", time.Second, "how often the maildrop is scanned")
+	fs.Duration("breaker-open", 0, "how long a next hop that keeps failing is skipped before a probe (default 60s)")
 	fs.String("log-level", d.LogLevel, "debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usageHead)
@@ -274,6 +283,8 @@ func parseConfig(args []string, stderr io.Writer) (*invocation, error) {
 			d.HTTPListen = v.(string)
 		case "max-message-bytes":
 			d.MaxMessageBytes = v.(int64)
+		case "max-queue-bytes":
+			d.MaxQueueBytes = v.(int)
 		case "max-recipients":
 			d.MaxRecipients = v.(int)
 		case "max-connections":
@@ -292,6 +303,8 @@ func parseConfig(args []string, stderr io.Writer) (*invocation, error) {
 			d.Lifetime = duration(v.(time.Duration))
 		case "attempt-timeout":
 			d.AttemptTimeout = duration(v.(time.Duration))
+		case "breaker-open":
+			d.BreakerOpen = duration(v.(time.Duration))
 		case "pickup-interval":
 			d.PickupInterval = duration(v.(time.Duration))
 		case "log-level":
@@ -363,6 +376,9 @@ func (c *Config) check() error {
 	}
 	if c.ListenTLS != "" && !c.TLSSelfSigned && c.TLSCert == "" {
 		return errors.New("listen_tls needs a certificate (tls_cert and tls_key, or tls_self_signed)")
+	}
+	if c.MaxQueueBytes < 0 {
+		return errors.New("max_queue_bytes must not be negative")
 	}
 	if c.MaxMessageBytes <= 0 || c.MaxRecipients <= 0 || c.MaxConnections <= 0 {
 		return errors.New("max_message_bytes, max_recipients and max_connections must be positive")

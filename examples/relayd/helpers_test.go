@@ -88,6 +88,7 @@ func (f *fixture) args(nextHop string, extra ...string) []string {
 		"-relay", nextHop, "-relay-tls", "encrypt",
 		"-retry-min", "200ms", "-retry-max", "500ms",
 		"-attempt-timeout", "3s",
+		"-breaker-open", "500ms",
 		"-pickup-interval", "100ms",
 		"-shutdown-timeout", "10s",
 		"-log-level", "debug",

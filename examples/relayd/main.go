@@ -42,6 +42,7 @@
 //	  "mx": false,
 //	  "probe": true,
 //	  "http_listen": "127.0.0.1:9587",
+//	  "max_queue_bytes": 0,
 //	  "max_message_bytes": 26214400,
 //	  "max_recipients": 100,
 //	  "max_connections": 100,
@@ -52,6 +53,7 @@
 //	  "retry_max": "1h7m",
 //	  "lifetime": "120h",
 //	  "attempt_timeout": "10m",
+//	  "breaker_open": "1m",
 //	  "pickup_interval": "1s",
 //	  "log_level": "info"
 //	}

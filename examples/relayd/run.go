@@ -169,9 +169,12 @@ func (d *daemon) start() error {
 	ho := &hamail.Options{
 		Relays:         relays,
 		FallbackRelays: fallback,
-		SMTP:           &smtpclient.Options{LocalName: cfg.Hostname},
-		Dir:            cfg.QueueDir,
-		Bolt:           &bbolt.Options{KeyRetention: keyRetention},
+		SMTP: &smtpclient.Options{
+			LocalName: cfg.Hostname,
+			Breaker:   smtpclient.BreakerOptions{OpenTimeout: time.Duration(cfg.BreakerOpen)},
+		},
+		Dir:  cfg.QueueDir,
+		Bolt: &bbolt.Options{KeyRetention: keyRetention, MaxSize: cfg.MaxQueueBytes},
 		Runner: &queue.RunnerOptions{
 			Schedule: queue.Retry{
 				MinBackoff:  time.Duration(cfg.RetryMin),

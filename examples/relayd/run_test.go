@@ -426,3 +426,36 @@ func TestImplicitTLSAndSenderRestrictions(t *testing.T) {
 		t.Errorf("Received field does not say ESMTPSA:\n%s", m.Body)
 	}
 }
+
+// TestQueueFull: with the next hop down and a capped queue, submissions are
+// acknowledged until the queue is full, then deferred with 452 4.3.1; none
+// acknowledged is lost once the next hop is back.
+func TestQueueFull(t *testing.T) {
+	t.Parallel()
+	hop := nextHop(t)
+	hopAddr := hop.Addr()
+	hop.Stop()
+	f := newFixture(t)
+	p := startInProcess(t, f.args(hopAddr, "-max-queue-bytes", "262144"))
+	body := message("filler") + strings.Repeat(strings.Repeat("z", 998)+"\r\n", 16) // about 16 KB, stored inline
+	accepted := 0
+	var se *smtp.SMTPError
+	for i := range 200 {
+		_, err := submit(p.smtp, f.clientTLS, "alice@example.org", []string{"bob@example.net"}, body)
+		if err == nil {
+			accepted++
+			continue
+		}
+		if !errors.As(err, &se) || se.Code != 452 || se.EnhancedCode != (smtp.EnhancedCode{4, 3, 1}) {
+			t.Fatalf("submission %d: %v; want 250 or 452 4.3.1", i, err)
+		}
+		break
+	}
+	if se == nil || accepted == 0 {
+		t.Fatalf("%d accepted, last refusal %v: want some accepted, then 452", accepted, se)
+	}
+	if err := hop.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitMessages(t, hop, accepted, 60*time.Second)
+}

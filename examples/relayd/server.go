@@ -19,6 +19,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/hamail/hamail"
+	"github.com/hamail/hamail/queue"
 	"github.com/hamail/hamail/smtpclient"
 )
 
@@ -519,6 +520,11 @@ func (ss *session) failure(err, bodyErr error) *smtp.SMTPError {
 	if errors.Is(err, hamail.ErrInvalidMessage) {
 		ss.s.log.Warn("message refused", "remote", ss.remote, "user", ss.user, "err", err)
 		return smtpErr(554, smtp.EnhancedCode{5, 6, 0}, "Message refused: "+firstLine(err.Error()))
+	}
+	if errors.Is(err, queue.ErrStorageFull) {
+		// RFC 5321 §4.2.3 452, RFC 3463 4.3.1: mail system full.
+		ss.s.log.Error("queue full", "remote", ss.remote, "user", ss.user, "err", err)
+		return smtpErr(452, smtp.EnhancedCode{4, 3, 1}, "Queue full, try again later")
 	}
 	ss.s.log.Error("queue failed", "remote", ss.remote, "user", ss.user, "err", err)
 	return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Queue unavailable, try again later")
