@@ -325,8 +325,10 @@ func TestReadTimeout(t *testing.T) {
 	if !isClosed(err) || !strings.HasPrefix(rest, "421 ") {
 		t.Errorf("idle client: %q, %v; want a 421 and the end", rest, err)
 	}
-	if waited := time.Since(start); waited < timeout {
-		t.Errorf("idle client dropped after %v, before the %v timeout", waited, timeout)
+	// Not a measurement, a sanity check: the drop came from the timeout,
+	// not from something that closed the connection at once.
+	if waited := time.Since(start); waited < timeout/2 {
+		t.Errorf("idle client dropped after %v, long before the %v timeout", waited, timeout)
 	}
 
 	r := dialRaw(t, p.smtp)
