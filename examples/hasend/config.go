@@ -181,7 +181,9 @@ func readConfigFile(s *settings, path string, r io.Reader) error {
 	return nil
 }
 
-// password returns the AUTH password, from the setting or its file.
+// resolvePassword reads password_file when no password was given. Only the
+// modes that talk to the relays call it: a user who only drops messages into
+// a queue directory needs no access to the credentials.
 func (s *settings) resolvePassword() error {
 	if s.password != "" || s.passwordFile == "" {
 		return nil

@@ -36,6 +36,10 @@ func runQueue(ctx context.Context, s *settings, inv *invocation, stderr io.Write
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if err := s.resolvePassword(); err != nil {
+		fmt.Fprintf(stderr, "hasend: %v\n", err)
+		return exConfig
+	}
 	relays, err := s.relayList()
 	if err != nil {
 		fmt.Fprintf(stderr, "hasend: %v\n", err)

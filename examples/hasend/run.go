@@ -288,9 +288,6 @@ func loadSettings(inv *invocation, env func(string) string) (*settings, error) {
 			return nil, &usageError{msg: "-" + strings.ReplaceAll(err.Error(), "_", "-")}
 		}
 	}
-	if err := s.resolvePassword(); err != nil {
-		return nil, &configError{err}
-	}
 	if s.domain == "" {
 		h, err := os.Hostname()
 		if err != nil || h == "" {
@@ -420,6 +417,9 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 
 // newClient makes the smtpclient for direct delivery and for the queue.
 func newClient(s *settings, transcript io.Writer) (*smtpclient.Client, *smtpclient.Options, error) {
+	if err := s.resolvePassword(); err != nil {
+		return nil, nil, &configError{err}
+	}
 	relays, err := s.relayList()
 	if err != nil {
 		return nil, nil, &configError{err}

@@ -379,6 +379,24 @@ func TestQueueModeThenRun(t *testing.T) {
 	}
 }
 
+// TestQueueModeNeedsNoCredentials: a user who cannot read the relay's
+// password file can still queue (the queue's owner has the credentials),
+// but not deliver directly.
+func TestQueueModeNeedsNoCredentials(t *testing.T) {
+	t.Parallel()
+	srv := relay(t)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "hasend.conf")
+	os.WriteFile(conf, []byte("relay = "+srv.Addr()+"\nuser = cron\npassword_file = "+filepath.Join(dir, "unreadable")+"\n"), 0o600)
+	environ := map[string]string{"HASEND_CONFIG": conf, "HASEND_DOMAIN": "host.example.org", "USER": "app"}
+	if r := runHasend(t, []string{"-queue", filepath.Join(dir, "spool"), "to@example.org"}, environ, "Subject: x\n\nx\n"); r.code != exOK {
+		t.Errorf("queue mode without access to the password: exit %d, stderr %s", r.code, r.stderr)
+	}
+	if r := runHasend(t, []string{"to@example.org"}, environ, "Subject: x\n\nx\n"); r.code != exConfig || !strings.Contains(r.stderr, "password_file") {
+		t.Errorf("direct mode without the password: exit %d, stderr %s; want 78 naming password_file", r.code, r.stderr)
+	}
+}
+
 func TestQueueDirUnwritableExits75(t *testing.T) {
 	t.Parallel()
 	srv := relay(t)
