@@ -100,6 +100,9 @@ type Options struct {
 	// half-open connections; well under the 29 minutes of RFC 2177.
 	// Default 4 min.
 	Heartbeat time.Duration
+	// PollInterval is how often Watch sends NOOP to learn of new messages
+	// on a replica that does not offer IDLE. Default 30 s.
+	PollInterval time.Duration
 	// FailureHold is how long a replica that failed on a real connection
 	// is tried only after the others. Default 5 s.
 	FailureHold time.Duration
@@ -143,6 +146,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if d.Heartbeat <= 0 {
 		d.Heartbeat = 4 * time.Minute
+	}
+	if d.PollInterval <= 0 {
+		d.PollInterval = 30 * time.Second
 	}
 	if d.FailureHold <= 0 {
 		d.FailureHold = 5 * time.Second

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/hamail/hamail/health"
 )
@@ -16,7 +17,8 @@ var errLeave = errors.New("imapfailover: leaving replica")
 // Watch hands every new message of the mailbox to h, exactly once, until
 // ctx ends or h fails. It resyncs on a healthy replica, then waits with
 // IDLE (RFC 2177), leaving IDLE every Options.Heartbeat to send NOOP so
-// that a half-open connection is found. When the replica fails, Watch
+// that a half-open connection is found; on a server without IDLE it sends
+// NOOP every Options.PollInterval instead. When the replica fails, Watch
 // moves to the next healthy one and resyncs there; a lagging replica is
 // used only when no other works, and a better-priority replica that the
 // health view reports Up again is moved back to at a heartbeat.
@@ -156,6 +158,14 @@ func (m *Mailbox) follow(ctx context.Context, c *Conn, h Handler, acceptLag bool
 			}
 			continue
 		}
+		if !c.caps.Has(imap.CapIdle) {
+			// No IDLE (RFC 2177): NOOP brings the changes instead
+			// (RFC 3501 §6.1.2), every PollInterval.
+			if err := m.poll(ctx, c, heartbeat, lagging); err != nil {
+				return err
+			}
+			continue
+		}
 		// Drop a stale token: dirty is false, nothing is pending.
 		select {
 		case <-c.notify:
@@ -202,6 +212,32 @@ func (m *Mailbox) follow(ctx context.Context, c *Conn, h Handler, acceptLag bool
 			}
 		}
 	}
+}
+
+// poll waits PollInterval and sends NOOP, for a server without IDLE. At
+// the heartbeat it asks to leave a lagging replica or for a better one
+// that is up again, as the IDLE loop does.
+func (m *Mailbox) poll(ctx context.Context, c *Conn, heartbeat *time.Timer, lagging bool) error {
+	p := m.pool
+	t := time.NewTimer(p.opts.PollInterval)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+	}
+	if err := c.Noop(ctx); err != nil {
+		return err
+	}
+	select {
+	case <-heartbeat.C:
+		heartbeat.Reset(p.opts.Heartbeat)
+		if lagging || m.betterUp(c) {
+			return errLeave
+		}
+	default:
+	}
+	return nil
 }
 
 // betterUp reports whether a replica of better priority than c's is known

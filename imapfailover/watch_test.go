@@ -351,3 +351,29 @@ func TestFileStoreWatchSurvivesRestart(t *testing.T) {
 	}
 	rec.assertExactlyOnce(t, 1, 12)
 }
+
+func TestWatchPollsServerWithoutIdle(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, &imaptest.Options{NoIdle: true})
+	p := newTestPool(t, s, func(o *Options) { o.PollInterval = 20 * time.Millisecond })
+	mb := p.Mailbox("INBOX", nil)
+	rec := newRecorder()
+	stop := runWatch(t, mb, rec.handle)
+	waitState(t, mb)
+	appendN(t, s, 1, 2)
+	rec.waitFor(t, 2, 10*time.Second)
+	if err := s.Replica(0).Stop(); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, 3, 3)
+	rec.waitFor(t, 3, 10*time.Second)
+	if err := stop(); !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	rec.assertExactlyOnce(t, 1, 3)
+	for _, r := range s.Replicas() {
+		if r.Idles() != 0 {
+			t.Fatalf("%s got %d IDLE commands", r.Name(), r.Idles())
+		}
+	}
+}

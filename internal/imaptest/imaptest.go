@@ -50,10 +50,17 @@ type Options struct {
 	Mailboxes []string
 	// TLS selects how TLS is offered; default TLSNone.
 	TLS TLSMode
+	// NoIdle makes the replicas look like servers without IDLE (RFC
+	// 2177): IMAP4rev2 and IDLE are removed from the capabilities they
+	// announce. An IDLE sent anyway is still served (imapserver answers it
+	// before asking the session) and counted by Replica.Idles. Not with
+	// TLSStartTLS.
+	NoIdle bool
 }
 
 // Set is a group of replicas holding the same mailboxes.
 type Set struct {
+	noIdle    bool
 	username  string
 	password  string
 	tlsServer *tls.Config
@@ -76,6 +83,7 @@ type Replica struct {
 	srv      *imapserver.Server
 	done     chan struct{} // closed when the Serve goroutine returns
 	sessions int
+	idles    int
 }
 
 // ErrUnknownReplica is returned when a change names a replica index the
@@ -124,7 +132,7 @@ func Start(opts *Options) (*Set, error) {
 	if len(o.Mailboxes) == 0 {
 		o.Mailboxes = []string{"INBOX"}
 	}
-	s := &Set{username: o.Username, password: o.Password, tlsMode: o.TLS}
+	s := &Set{username: o.Username, password: o.Password, tlsMode: o.TLS, noIdle: o.NoIdle}
 	if o.TLS != TLSNone {
 		srvCfg, cliCfg, err := selfSigned()
 		if err != nil {
@@ -386,6 +394,13 @@ func (r *Replica) Sessions() int {
 	return r.sessions
 }
 
+// Idles returns how many IDLE commands the replica has received.
+func (r *Replica) Idles() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.idles
+}
+
 // Start listens on the replica's address again after Stop. It is a no-op
 // when the replica is running.
 func (r *Replica) Start() error {
@@ -400,6 +415,9 @@ func (r *Replica) Start() error {
 	}
 	if r.set.tlsMode == TLSImplicit {
 		ln = tls.NewListener(ln, r.set.tlsServer)
+	}
+	if r.set.noIdle {
+		ln = noIdleListener{ln}
 	}
 	r.addr = ln.Addr().String()
 	opts := &imapserver.Options{
@@ -514,6 +532,10 @@ func (s *session) Login(username, password string) error {
 }
 
 func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
+	r := s.replica
+	r.mu.Lock()
+	r.idles++
+	r.mu.Unlock()
 	if err := s.UserSession.Poll(w, true); err != nil {
 		return err
 	}
@@ -556,4 +578,29 @@ func selfSigned() (server, client *tls.Config, err error) {
 	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}}}
 	client = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
 	return server, client, nil
+}
+
+// noIdleListener hides IDLE from the capabilities the server announces.
+type noIdleListener struct{ net.Listener }
+
+func (l noIdleListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return noIdleConn{c}, nil
+}
+
+type noIdleConn struct{ net.Conn }
+
+func (c noIdleConn) Write(b []byte) (int, error) {
+	if !bytes.Contains(b, []byte("CAPABILITY")) {
+		return c.Conn.Write(b)
+	}
+	out := bytes.ReplaceAll(b, []byte(" IMAP4rev2"), nil)
+	out = bytes.ReplaceAll(out, []byte(" IDLE"), nil)
+	if _, err := c.Conn.Write(out); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }

@@ -304,3 +304,42 @@ func TestIdleReportsChangesQueuedBeforeIt(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestNoIdle(t *testing.T) {
+	t.Parallel()
+	s := NewSet(t, &Options{Replicas: 1, NoIdle: true})
+	c, err := imapclient.DialInsecure(s.Replica(0).Addr(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(s.Username(), s.Password()).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	caps, err := c.Capability().Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if caps.Has(imap.CapIdle) || !caps.Has(imap.CapIMAP4rev1) {
+		t.Fatalf("capabilities %v", caps)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if s.Replica(0).Idles() != 0 {
+		t.Fatal("IDLE counted without one")
+	}
+	cmd, err := c.Idle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if s.Replica(0).Idles() != 1 {
+		t.Fatalf("%d IDLE commands seen", s.Replica(0).Idles())
+	}
+}
