@@ -70,6 +70,9 @@ above; several relay lines add up. Example:
   tls = verify
   domain = host1.example.org
 
+With a queue directory, let every user read the config file and only the
+queue's owner read password_file: submitting to the queue needs no password.
+
 Modes:
   direct (default)  deliver now through the relays (and the recipients' MX
                     hosts with -mx); exit 0 only when every recipient was
