@@ -67,7 +67,7 @@ var settingTable = []setting{
 		set: func(s *settings, v string) error { s.password = v; return nil }},
 	{key: "password_file", env: "HASEND_PASSWORD_FILE", help: "read the AUTH password from the first line of `file`",
 		set: func(s *settings, v string) error { s.passwordFile = v; return nil }},
-	{key: "tls", env: "HASEND_TLS", help: "TLS to the relays: `verify` (STARTTLS, certificate checked; the default), encrypt (not checked), may, none, implicit (TLS from the first byte, checked)",
+	{key: "tls", env: "HASEND_TLS", help: "TLS `mode` to the relays: verify (STARTTLS, certificate checked; the default), encrypt (not checked), may, none, implicit (TLS from the first byte, checked)",
 		set: func(s *settings, v string) error {
 			switch v {
 			case "verify", "encrypt", "may", "none", "implicit":
@@ -84,7 +84,7 @@ var settingTable = []setting{
 		set: func(s *settings, v string) error { s.domain = v; return nil }},
 	{key: "helo", env: "HASEND_HELO", help: "`name` sent in EHLO (default: the domain)",
 		set: func(s *settings, v string) error { s.helo = v; return nil }},
-	{key: "timeout", env: "HASEND_TIMEOUT", help: "give up direct delivery after this `duration` (exit 75)",
+	{key: "timeout", env: "HASEND_TIMEOUT", help: "give up direct delivery after this `duration` (exit 75; default 5m)",
 		set: func(s *settings, v string) error {
 			d, err := time.ParseDuration(v)
 			if err != nil || d <= 0 {
@@ -95,7 +95,7 @@ var settingTable = []setting{
 		}},
 	{key: "queue", env: "HASEND_QUEUE", help: "queue `directory`: hand the message to the queue and exit 0 once it is durable",
 		set: func(s *settings, v string) error { s.queue = v; return nil }},
-	{key: "max_size", env: "HASEND_MAX_SIZE", help: "largest message accepted on standard input, in `bytes`",
+	{key: "max_size", env: "HASEND_MAX_SIZE", help: "largest message accepted on standard input, in `bytes` (default 52428800, 50 MiB)",
 		set: func(s *settings, v string) error {
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil || n <= 0 {

@@ -79,7 +79,7 @@ Modes:
                     accepted
   -queue DIR        write the message durably to DIR/maildrop and exit 0; the
                     process running "hasend -queue DIR -run" (or relayd with
-                    -queue DIR) moves it into its queue DIR/queue.db and
+                    -queue-dir DIR) moves it into its queue DIR/queue.db and
                     delivers it, retrying for up to 5 days
 
 Exit statuses (sysexits.h):
