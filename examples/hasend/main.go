@@ -3,7 +3,7 @@
 // tools. It reads one message on standard input and delivers it through
 // hamail, either right away through relays (and optionally straight to the
 // recipients' mail exchangers), or through a durable queue directory that a
-// long-running "hasend -queue DIR -run" (or relayd -queue DIR) delivers,
+// long-running "hasend -queue DIR -run" (or relayd -queue-dir DIR) delivers,
 // retries and bounces.
 //
 // Usage:

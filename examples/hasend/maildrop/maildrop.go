@@ -1,6 +1,6 @@
 // Package maildrop is the hand-off directory between a command that submits
 // mail and exits (hasend -queue DIR) and the long-running process that owns
-// the durable queue (hasend -queue DIR -run, or relayd -queue DIR), in the
+// the durable queue (hasend -queue DIR -run, or relayd -queue-dir DIR), in the
 // manner of Postfix's maildrop directory with postdrop and pickup.
 //
 // The queue's database is held by one process at a time, so a short-lived
