@@ -3,8 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"encoding/pem"
 	"io"
 	"net"
+	"net/textproto"
 	"os"
 	"path/filepath"
 	"slices"
@@ -477,4 +480,52 @@ func TestBackupRelay(t *testing.T) {
 		t.Fatalf("exit %d with the primary relay down and the backup up; stderr: %s", r.code, r.stderr)
 	}
 	waitOne(t, backup)
+}
+
+// TestVerifiedTLS: the default TLS policy checks the relay's certificate; a
+// relay signed by a private authority is trusted through -ca-file only.
+func TestVerifiedTLS(t *testing.T) {
+	t.Parallel()
+	srv := relay(t)
+	// The relay's self-signed certificate, fetched over STARTTLS, is the
+	// authority to trust.
+	conn, err := net.DialTimeout("tcp", srv.Addr(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	tp := textproto.NewConn(conn)
+	for _, step := range []struct {
+		cmd  string
+		code int
+	}{{"", 220}, {"EHLO client.example.test", 250}, {"STARTTLS", 220}} {
+		if step.cmd != "" {
+			tp.PrintfLine("%s", step.cmd)
+		}
+		if _, _, err := tp.ReadResponse(step.code); err != nil {
+			t.Fatalf("%q: %v", step.cmd, err)
+		}
+	}
+	tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	state := tc.ConnectionState()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: state.PeerCertificates[0].Raw}), 0o600)
+
+	environ := relayEnv(srv)
+	delete(environ, "HASEND_TLS") // the default: verify
+	if r := runHasend(t, []string{"to@example.org"}, environ, "Subject: x\n\nx\n"); r.code != exTempFail {
+		t.Errorf("unverifiable certificate: exit %d, want 75; stderr: %s", r.code, r.stderr)
+	}
+	if n := len(srv.Messages()); n != 0 {
+		t.Fatalf("%d messages sent to a relay whose certificate was not checked", n)
+	}
+	environ["HASEND_CA_FILE"] = ca
+	if r := runHasend(t, []string{"to@example.org"}, environ, "Subject: x\n\nx\n"); r.code != exOK {
+		t.Fatalf("with -ca-file: exit %d; stderr: %s", r.code, r.stderr)
+	}
+	waitOne(t, srv)
 }

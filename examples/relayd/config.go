@@ -200,7 +200,7 @@ func parseConfig(args []string, stderr io.Writer) (*invocation, error) {
 	fs.String("tls-cert", "", "PEM certificate `file` for STARTTLS")
 	fs.String("tls-key", "", "PEM private key `file` for STARTTLS")
 	fs.Bool("tls-self-signed", false, "make a throw-away self-signed certificate (for trying relayd out)")
-	fs.String("users-file", "", "`file` of name:bcrypt-hash lines allowed to AUTH")
+	fs.String("users-file", "", "`file` of name:bcrypt-hash[:senders] lines allowed to AUTH")
 	fs.Bool("insecure-auth", false, "allow AUTH without TLS (trusted networks only)")
 	fs.String("queue-dir", "", "`directory` of the durable queue (and of the maildrop hasend -queue writes)")
 	fs.Bool("mx", false, "deliver to the recipients' mail exchangers (after the relays, if any)")
