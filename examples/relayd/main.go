@@ -1,6 +1,6 @@
 // Command relayd is a mail submission server (RFC 6409) in front of hamail's
 // durable queue: programs and users submit over SMTP with STARTTLS (RFC 3207)
-// and AUTH PLAIN (RFC 4954, RFC 4616), relayd answers 250 to the final dot
+// and AUTH PLAIN or LOGIN (RFC 4954, RFC 4616), relayd answers 250 to the final dot
 // only once the message is durable on disk, then delivers it through the
 // configured relays (in failover tiers, with health probes and circuit
 // breakers) and/or the recipients' mail exchangers, retrying for days and

@@ -195,6 +195,25 @@ func TestAuthPolicy(t *testing.T) {
 		}
 		c.Close()
 	}
+	// LOGIN, for the clients that know no other mechanism.
+	for _, tc := range []struct {
+		pass string
+		ok   bool
+	}{{testPassword, true}, {"wrong", false}} {
+		c, err := smtp.DialStartTLS(p.smtp, f.clientTLS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, mechs := c.Extension("AUTH"); !ok || !strings.Contains(mechs, "LOGIN") {
+			t.Errorf("AUTH mechanisms under TLS: %q, want LOGIN too", mechs)
+		}
+		err = c.Auth(sasl.NewLoginClient(testUser, tc.pass))
+		var se *smtp.SMTPError
+		if tc.ok && err != nil || !tc.ok && (!errors.As(err, &se) || se.Code != 535) {
+			t.Errorf("AUTH LOGIN with password %q: %v", tc.pass, err)
+		}
+		c.Close()
+	}
 	if n := len(hop.Messages()); n != 0 {
 		t.Errorf("%d messages relayed without authentication", n)
 	}

@@ -407,27 +407,62 @@ func (ss *session) AuthMechanisms() []string {
 	if ss.s.users.Load() == nil {
 		return nil
 	}
-	return []string{sasl.Plain}
+	return []string{sasl.Plain, sasl.Login}
 }
 
 func (ss *session) Auth(mech string) (sasl.Server, error) {
-	if mech != sasl.Plain {
-		return nil, smtp.ErrAuthUnknownMechanism
-	}
 	if ss.tc.authFailures >= maxAuthFailures {
 		return nil, smtpErr(421, smtp.EnhancedCode{4, 7, 0}, "Too many authentication failures, closing")
 	}
-	return sasl.NewPlainServer(func(identity, username, password string) error {
-		us := ss.s.users.Load()
-		if us == nil || !sameIdentity(identity, username) || us.verify(username, password) != nil {
-			ss.tc.authFailures++
-			ss.s.log.Warn("auth failed", "remote", ss.remote, "user", username, "failures", ss.tc.authFailures)
-			return smtp.ErrAuthFailed
+	switch mech {
+	case sasl.Plain:
+		return sasl.NewPlainServer(ss.authenticate), nil
+	case sasl.Login:
+		// Outlook, older PHP mailers and many devices know only LOGIN.
+		return &loginServer{auth: func(user, pass string) error { return ss.authenticate("", user, pass) }}, nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+// authenticate checks credentials (authzid, authcid, password: RFC 4616).
+func (ss *session) authenticate(identity, username, password string) error {
+	us := ss.s.users.Load()
+	if us == nil || !sameIdentity(identity, username) || us.verify(username, password) != nil {
+		ss.tc.authFailures++
+		ss.s.log.Warn("auth failed", "remote", ss.remote, "user", username, "failures", ss.tc.authFailures)
+		return smtp.ErrAuthFailed
+	}
+	ss.user, ss.users = username, us
+	ss.s.log.Debug("auth", "remote", ss.remote, "user", username)
+	return nil
+}
+
+// loginServer is the server side of the LOGIN mechanism
+// (draft-murchison-sasl-login): "Username:" and "Password:" challenges, the
+// username possibly sent as the initial response.
+type loginServer struct {
+	auth func(user, pass string) error
+	step int
+	user string
+}
+
+func (l *loginServer) Next(response []byte) (challenge []byte, done bool, err error) {
+	switch l.step {
+	case 0:
+		if response == nil {
+			l.step = 1
+			return []byte("Username:"), false, nil
 		}
-		ss.user, ss.users = username, us
-		ss.s.log.Debug("auth", "remote", ss.remote, "user", username)
-		return nil
-	}), nil
+		l.user, l.step = string(response), 2
+		return []byte("Password:"), false, nil
+	case 1:
+		l.user, l.step = string(response), 2
+		return []byte("Password:"), false, nil
+	case 2:
+		l.step = 3
+		return nil, true, l.auth(l.user, string(response))
+	}
+	return nil, true, errors.New("relayd: unexpected LOGIN response")
 }
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
@@ -551,6 +586,9 @@ func (ss *session) received(id string) string {
 		proto += "A"
 	}
 	host, _, _ := net.SplitHostPort(ss.remote)
+	if strings.Contains(host, ":") {
+		host = "IPv6:" + host // an address literal (RFC 5321 §4.1.3)
+	}
 	tlsInfo := ""
 	if ss.tls != nil {
 		tlsInfo = fmt.Sprintf("\r\n\t(using %s with cipher %s)", tls.VersionName(ss.tls.Version), tls.CipherSuiteName(ss.tls.CipherSuite))
