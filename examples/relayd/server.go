@@ -55,7 +55,7 @@ type ServerOptions struct {
 }
 
 // Server is the submission server (RFC 6409): SMTP with STARTTLS (RFC 3207)
-// and AUTH PLAIN (RFC 4954, RFC 4616), which answers 250 to the final dot
+// and AUTH PLAIN or LOGIN (RFC 4954, RFC 4616), which answers 250 to the final dot
 // only once the message is durable in the queue.
 //
 // Shutdown stops it gracefully: the listener closes at once; connections
