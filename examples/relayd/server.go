@@ -401,8 +401,9 @@ func smtpErr(code int, enh smtp.EnhancedCode, msg string) *smtp.SMTPError {
 
 var errShuttingDown = smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, try again later")
 
-// AuthMechanisms offers PLAIN; go-smtp offers AUTH only under TLS unless
-// InsecureAuth is set (RFC 4954 §4: no plain passwords in clear).
+// AuthMechanisms offers PLAIN and LOGIN when there are accounts; go-smtp
+// offers AUTH only under TLS unless InsecureAuth is set (RFC 4954 §4: no
+// plain passwords in clear).
 func (ss *session) AuthMechanisms() []string {
 	if ss.s.users.Load() == nil {
 		return nil
@@ -412,7 +413,7 @@ func (ss *session) AuthMechanisms() []string {
 
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	if ss.tc.authFailures >= maxAuthFailures {
-		return nil, smtpErr(421, smtp.EnhancedCode{4, 7, 0}, "Too many authentication failures, closing")
+		return nil, smtpErr(421, smtp.EnhancedCode{4, 7, 0}, "Too many authentication failures on this connection")
 	}
 	switch mech {
 	case sasl.Plain:
