@@ -47,7 +47,11 @@
 // New makes a stopped server without I/O; Start listens on Options.Addr
 // (127.0.0.1:0 by default); Stop closes the listener and every connection
 // and waits for the server's goroutines; Start again listens on the same
-// port, so clients see a restarted server. NewServer does New and Start for
+// port, so clients see a restarted server. An automatic port on loopback
+// is chosen outside the kernel's ephemeral range (internal/loopback): a
+// port from that range, once free, may be handed to any outgoing
+// connection on the machine, and Start after Stop would then fail with
+// "address already in use". NewServer does New and Start for
 // a test and registers Stop as cleanup. All methods are safe for concurrent
 // use.
 package smtptest

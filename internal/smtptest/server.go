@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/hamail/hamail/internal/loopback"
 )
 
 // ErrRunning is returned by Start when the server is already listening.
@@ -23,8 +25,12 @@ var ErrRunning = errors.New("smtptest: server already running")
 type Options struct {
 	// Domain is the host name in the greeting; default "mx.example.test".
 	Domain string
-	// Addr is the listen address; default "127.0.0.1:0". After the first
-	// Start the chosen port is kept for later Starts.
+	// Addr is the listen address; default "127.0.0.1:0". Port 0 on a
+	// loopback IP address gets a free port outside the kernel's ephemeral
+	// range (see internal/loopback), so that no outgoing connection can
+	// take it while the server is stopped; other addresses are used as
+	// given. After the first Start the chosen port is kept for later
+	// Starts.
 	Addr string
 	// Capabilities advertised at first; nil means DefaultCapabilities().
 	Capabilities *Capabilities
@@ -196,7 +202,7 @@ func (s *Server) Start() error {
 	addr := s.addr
 	s.mu.Unlock()
 
-	ln, err := net.Listen("tcp", addr)
+	ln, err := listen(addr)
 	if err != nil {
 		return fmt.Errorf("smtptest: listen %s: %w", addr, err)
 	}
@@ -222,6 +228,21 @@ func (s *Server) Start() error {
 		srv.Serve(listener{Listener: ln, s: s})
 	}()
 	return nil
+}
+
+// listen binds addr. Port 0 on a loopback IP address is chosen outside
+// the ephemeral range: Start after Stop binds the same port again, and a
+// port from the ephemeral range may meanwhile have become the local port
+// of any outgoing connection on the machine, or the port of another
+// listener on port 0.
+func listen(addr string) (net.Listener, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err == nil && port == "0" {
+		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+			return loopback.Listen("tcp", host)
+		}
+	}
+	return net.Listen("tcp", addr)
 }
 
 // Stop closes the listener and every open connection, and waits until the

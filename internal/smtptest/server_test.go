@@ -4,14 +4,19 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/hamail/hamail/internal/loopback"
 )
 
 func testCtx(t *testing.T) context.Context {
@@ -586,4 +591,49 @@ func TestEHLODelayAndDrop(t *testing.T) {
 func (f Fault) withTimes(n int) Fault {
 	f.Times = n
 	return f
+}
+
+// TestAutomaticPortOutsideEphemeralRange: the default address gets a port
+// that no outgoing connection can be handed while the server is stopped,
+// so Restart keeps working on a busy machine; an explicit address is used
+// as given.
+func TestAutomaticPortOutsideEphemeralRange(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		t.Skipf("no ephemeral port range to compare with: %v", err)
+	}
+	var low, high int
+	if _, err := fmt.Sscan(string(b), &low, &high); err != nil {
+		t.Fatalf("ip_local_port_range %q: %v", b, err)
+	}
+	if low <= 10000+1024 && high >= 65535-1024 {
+		t.Skipf("the ephemeral range %d-%d leaves no room outside it", low, high)
+	}
+	for _, addr := range []string{"", "127.0.0.1:0", "127.0.0.2:0"} {
+		s := NewServer(t, &Options{Addr: addr})
+		_, port, err := net.SplitHostPort(s.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, _ := strconv.Atoi(port)
+		if p >= low && p <= high {
+			t.Errorf("Addr %q: port %d is in the ephemeral range %d-%d", addr, p, low, high)
+		}
+		if err := s.Restart(); err != nil {
+			t.Fatalf("Addr %q: %v", addr, err)
+		}
+	}
+
+	// An explicit address is used as given.
+	ln, err := loopback.Listen("tcp", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	explicit := ln.Addr().String()
+	ln.Close()
+	s := NewServer(t, &Options{Addr: explicit})
+	if s.Addr() != explicit {
+		t.Errorf("Addr %q: listening on %s", explicit, s.Addr())
+	}
 }
