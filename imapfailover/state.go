@@ -184,8 +184,8 @@ func (s *MemoryStore) Record(_ context.Context, key string, ch StateChange) erro
 // and fsyncs it; a line torn by a crash is ignored on Load (the change it
 // held was not acknowledged), and lines written for an older snapshot are
 // ignored too. Every compactEvery records the journal is folded into a new
-// snapshot. Safe for concurrent use within one process; two processes must
-// not share a directory.
+// snapshot. Safe for concurrent use; use one FileStore per directory (two
+// FileStores, or two processes, must not share one).
 type FileStore struct {
 	dir string
 

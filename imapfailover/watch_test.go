@@ -377,3 +377,40 @@ func TestWatchPollsServerWithoutIdle(t *testing.T) {
 		}
 	}
 }
+
+// Without CONDSTORE (imapmemserver has none) flag changes are found by
+// fetching the flags of every known message.
+func TestSyncFlagChangesWithoutCondstore(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, nil)
+	appendN(t, s, 1, 4)
+	p := newTestPool(t, s, nil)
+	var got []FlagChange
+	mb := p.Mailbox("INBOX", &MailboxOptions{OnFlags: func(_ context.Context, changes []FlagChange) error {
+		got = append(got, changes...)
+		return nil
+	}})
+	rec := newRecorder()
+	if _, err := mb.Sync(t.Context(), rec.handle); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Store("INBOX", imap.UIDSetNum(2, 4), imap.StoreFlagsAdd, []imap.Flag{imap.FlagSeen}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := mb.Sync(t.Context(), rec.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.FlagCheck != "full" || rep.FlagChanges != 2 || len(got) != 2 || got[0].UID != 2 || got[1].UID != 4 ||
+		len(got[0].Flags) != 1 || got[0].Flags[0] != imap.FlagSeen {
+		t.Fatalf("report %+v, changes %+v", rep, got)
+	}
+	// Nothing changed: nothing reported.
+	if rep, err = mb.Sync(t.Context(), rec.handle); err != nil || rep.FlagChanges != 0 || len(got) != 2 {
+		t.Fatalf("second sync %+v %v", rep, err)
+	}
+	// The flags are part of the saved state.
+	if st := waitState(t, mb); len(st.Messages[2].Flags) != 1 || st.Messages[1].Flags == nil {
+		t.Fatalf("state %+v", st.Messages)
+	}
+}
