@@ -250,7 +250,7 @@ func twoProcesses(t *testing.T, n int, crash func(*child)) (mine, theirs map[str
 // without a crash no message is attempted twice.
 func TestTwoProcesses(t *testing.T) {
 	t.Parallel()
-	mine, theirs, ids := twoProcesses(t, 1000, nil)
+	mine, theirs, ids := twoProcesses(t, 500, nil)
 	for _, id := range ids {
 		if n := mine[id] + theirs[id]; n != 1 {
 			t.Errorf("item %s attempted %d times (here %d, child %d)", id, n, mine[id], theirs[id])

@@ -758,7 +758,7 @@ func (s *Store) take(ctx context.Context, m *delivery, fetchedAt, now time.Time,
 	}
 	s.held[id] = h
 	s.startKeeperLocked()
-	it := rec.item()
+	it := rec.Item()
 	it.Lease = queue.Lease{ID: id, Token: h.token, Until: h.until}
 	it.NextAttempt = h.until
 	return it, "", nil
@@ -1048,7 +1048,7 @@ func (s *Store) inspect(ctx context.Context, id string) (*queue.Item, error) {
 	if err != nil {
 		return nil, err
 	}
-	it := rec.item()
+	it := rec.Item()
 	s.mu.Lock()
 	if h := s.held[id]; h != nil && h.seq == raw.Sequence && h.msg != nil {
 		it.Lease = queue.Lease{ID: id, Token: h.token, Until: h.until}

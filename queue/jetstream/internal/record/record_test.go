@@ -1,4 +1,4 @@
-package jetstream
+package record
 
 import (
 	"bytes"
@@ -9,9 +9,9 @@ import (
 	"github.com/hamail/hamail/queue"
 )
 
-func sampleRecord() *record {
+func sampleRecord() *Record {
 	env := queue.Envelope{From: "alice@example.org", Recipients: []queue.Recipient{{Address: "bob@example.net"}, {Address: "carol@example.net"}}}
-	return &record{
+	return &Record{
 		ID:          "33lacjhtpj0b83g8i9ek",
 		Key:         "order-17",
 		KeySeq:      42,
@@ -28,11 +28,11 @@ func sampleRecord() *record {
 func TestRecordRoundTrip(t *testing.T) {
 	t.Parallel()
 	r := sampleRecord()
-	p, err := encodeRecord(r, []byte("hello"))
+	p, err := Encode(r, []byte("hello"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, body, err := decodeRecord(p)
+	got, body, err := Decode(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func TestRecordRoundTrip(t *testing.T) {
 // panic or a record the store would act on.
 func TestDecodeRecordRejects(t *testing.T) {
 	t.Parallel()
-	good, err := encodeRecord(sampleRecord(), []byte("hello"))
+	good, err := Encode(sampleRecord(), []byte("hello"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,12 +62,12 @@ func TestDecodeRecordRejects(t *testing.T) {
 		"truncated body":       good[:len(good)-1],
 		"longer body":          append(bytes.Clone(good), 'x'),
 		"json":                 []byte("hmq1\x05{oops"),
-		"recipients":           must(encodeRecord(noRcpt, []byte("hello"))),
-		"id":                   must(encodeRecord(badID, []byte("hello"))),
-		"inline beside object": must(encodeRecord(object, []byte("hello"))),
+		"recipients":           must(Encode(noRcpt, []byte("hello"))),
+		"id":                   must(Encode(badID, []byte("hello"))),
+		"inline beside object": must(Encode(object, []byte("hello"))),
 	} {
-		if _, _, err := decodeRecord(p); !errors.Is(err, errBadRecord) {
-			t.Errorf("%s: %v, want errBadRecord", name, err)
+		if _, _, err := Decode(p); !errors.Is(err, ErrBad) {
+			t.Errorf("%s: %v, want ErrBad", name, err)
 		}
 	}
 }
@@ -79,27 +79,27 @@ func must(p []byte, err error) []byte {
 	return p
 }
 
-// FuzzDecodeRecord: decoding never panics, and what decodes encodes back
+// FuzzDecode: decoding never panics, and what decodes encodes back
 // to a version that decodes to the same record and body.
-func FuzzDecodeRecord(f *testing.F) {
-	f.Add(must(encodeRecord(sampleRecord(), []byte("hello"))))
+func FuzzDecode(f *testing.F) {
+	f.Add(must(Encode(sampleRecord(), []byte("hello"))))
 	f.Fuzz(func(t *testing.T, p []byte) {
-		r, body, err := decodeRecord(p)
+		r, body, err := Decode(p)
 		if err != nil {
-			if !errors.Is(err, errBadRecord) {
+			if !errors.Is(err, ErrBad) {
 				t.Fatalf("untyped error %v", err)
 			}
 			return
 		}
-		again, err := encodeRecord(r, body)
+		again, err := Encode(r, body)
 		if err != nil {
 			t.Fatalf("re-encoding a decoded record: %v", err)
 		}
-		r2, body2, err := decodeRecord(again)
+		r2, body2, err := Decode(again)
 		if err != nil {
 			t.Fatalf("decoding a re-encoded record: %v", err)
 		}
-		third, _ := encodeRecord(r2, body2)
+		third, _ := Encode(r2, body2)
 		if !bytes.Equal(again, third) {
 			t.Fatalf("encoding not stable:\n%q\n%q", again, third)
 		}
