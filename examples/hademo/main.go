@@ -3,13 +3,14 @@
 // three MX hosts of different preferences, two fallback relays and two IMAP
 // replicas of the recipient's mailbox; then it sends a stream of messages
 // through hamail.Mailer while it kills and restarts the primary MX, cuts
-// off the others, kills a relay and an IMAP replica, and reads the mailbox
-// through imapfailover all along; midway it also restarts the sending
-// process: the Mailer is closed while messages wait and opened again on
-// the same queue directory. It ends with a table built from what the
-// servers recorded and what the reader was handed: sent, delivered per
-// host, retried, failovers, breaker trips, resync cost, lost and read
-// twice. The exit status is 1 when a message was lost or read twice.
+// off the others, kills a relay, takes an IMAP replica down and brings it
+// back, and reads the mailbox through imapfailover all along; midway it
+// also restarts the sending process: the Mailer is closed while messages
+// wait and opened again on the same queue directory. It ends with a
+// table built from what the servers recorded and what the reader was
+// handed: sent, delivered per host, retried, failovers, breaker trips,
+// resync cost, lost and read twice. The exit status is 1 when a message
+// was lost or read twice.
 //
 // Nothing needs to be installed: no Postfix, no Dovecot, no DNS server.
 //

@@ -660,7 +660,7 @@ func describe(out io.Writer, w *world, cfg Config, dir string) {
 		if i > 0 {
 			role = fmt.Sprintf("replica, %v behind", cfg.ReplicaLag)
 		}
-		fmt.Fprintf(out, "  IMAP   %-16s %-15s at %s\n", r.Name(), role, r.Addr())
+		fmt.Fprintf(out, "  IMAP   %-16s %-15s at %s, through a fault proxy\n", r.Name(), role, w.imapProxy[i].Addr())
 	}
 	fmt.Fprintf(out, "Sending %d messages to %s over %v, %d at a time, through hamail.Mailer:\n"+
 		"  - direct delivery to the MX hosts of %s in preference order;\n"+

@@ -34,19 +34,22 @@ func script() []step {
 			do: func(w *stage) error { return w.mx[0].srv.Stop() }},
 		{at: 0.25, kill: true, what: "black-hole mx2 (MX 20): connections accepted, never answered",
 			do: func(w *stage) error { return w.mx[1].proxy.SetMode(faultproxy.BlackHole) }},
-		{at: 0.35, kill: true, what: "mx3 (MX 30) drops off the network: open connections reset, new ones refused; no exchanger answers",
+		{at: 0.35, kill: true, what: "mx3 (MX 30) drops off the network: open and new connections reset; no exchanger answers",
 			do: func(w *stage) error {
-				// Reset first: Refuse alone would leave pooled
-				// connections working.
-				if err := w.mx[2].proxy.SetMode(faultproxy.Reset); err != nil {
-					return err
-				}
-				return w.mx[2].proxy.SetMode(faultproxy.Refuse)
+				// Not Refuse: leaving it listens again on the proxy's
+				// port, which is in the ephemeral range and may have
+				// been handed to an outgoing connection meanwhile.
+				return w.mx[2].proxy.SetMode(faultproxy.Reset)
 			}},
 		{at: 0.45, kill: true, what: "kill relay-1: server stopped",
 			do: func(w *stage) error { return w.relay[0].srv.Stop() }},
-		{at: 0.50, kill: true, what: "kill imap1, the replica the reader follows",
-			do: func(w *stage) error { return w.imap.Replica(0).Stop() }},
+		{at: 0.50, kill: true, what: "imap1, the replica the reader follows, goes down: its sessions cut, new connections reset",
+			do: func(w *stage) error {
+				// At its proxy: the replica keeps its mailbox, as a
+				// stopped server keeps its disk, and never has to
+				// listen again on its ephemeral-range port.
+				return w.imapProxy[0].SetMode(faultproxy.Reset)
+			}},
 		{at: 0.52, kill: true, what: "relay-2 defers everything (451 4.3.2): no path at all, messages wait in the queue",
 			do: func(w *stage) error {
 				w.relay[1].srv.SetFault(smtptest.StageMail, smtptest.Reply(451, smtp.EnhancedCode{4, 3, 2}, "System not accepting network messages"))
@@ -66,7 +69,7 @@ func script() []step {
 			do: func(w *stage) error { return w.relay[0].srv.Start() }},
 		{at: 0.75, what: "restart mx1 (same address): its breaker lets a probe through, then it takes the mail again",
 			do: func(w *stage) error { return w.mx[0].srv.Start() }},
-		{at: 0.85, what: "restart imap1",
-			do: func(w *stage) error { return w.imap.Replica(0).Start() }},
+		{at: 0.85, what: "imap1 comes back",
+			do: func(w *stage) error { return w.imapProxy[0].SetMode(faultproxy.Pass) }},
 	}
 }

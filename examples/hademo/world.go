@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/hamail/hamail/imapfailover"
@@ -38,16 +37,24 @@ type smtpHost struct {
 // world is everything the demo starts in-process, on loopback only: a DNS
 // server with the destination's MX records, three MX hosts behind fault
 // proxies, two fallback relays, two IMAP replicas of the recipient's
-// mailbox, and the delivery step that moves what the SMTP servers accepted
-// into the mailbox.
+// mailbox behind fault proxies, and the delivery step that moves what the
+// SMTP servers accepted into the mailbox.
+//
+// The script stops and starts again only servers that listen on ports
+// outside the kernel's ephemeral range (the smtptest servers, see
+// internal/loopback); anything else it takes down at a fault proxy, whose
+// listener stays open. A port in the ephemeral range, once free, may be
+// handed to any outgoing connection on the machine, and listening on it
+// again would then fail.
 type world struct {
-	kit   *kit
-	dns   *dnstest.Server
-	mx    []*smtpHost // by preference: mx1 (10), mx2 (20), mx3 (30)
-	relay []*smtpHost // relay-1, relay-2
-	imap  *imaptest.Set
-	net   *loopbackNet
-	store *mailStore
+	kit       *kit
+	dns       *dnstest.Server
+	mx        []*smtpHost // by preference: mx1 (10), mx2 (20), mx3 (30)
+	relay     []*smtpHost // relay-1, relay-2
+	imap      *imaptest.Set
+	imapProxy []*faultproxy.Proxy // in front of each replica, in order
+	net       *loopbackNet
+	store     *mailStore
 }
 
 func (w *world) hosts() []*smtpHost { return append(append([]*smtpHost(nil), w.mx...), w.relay...) }
@@ -60,8 +67,8 @@ func newWorld(replicaLag time.Duration) (w *world, err error) {
 			w.Close()
 		}
 	}()
-	// The test kit reports setup failures through testing.TB's Fatalf;
-	// kit turns them into this error.
+	// dnstest reports setup failures through its TB's Fatalf; kit turns
+	// them into this error.
 	defer w.kit.recover(&err)
 
 	w.dns = dnstest.Start(w.kit)
@@ -105,7 +112,22 @@ func newWorld(replicaLag time.Duration) (w *world, err error) {
 		w.relay = append(w.relay, &smtpHost{name: name, role: "fallback relay", srv: srv, dial: srv.Addr()})
 	}
 
-	w.imap = imaptest.NewSet(w.kit, &imaptest.Options{Replicas: 2, Username: recipient, Password: "demo-password"})
+	w.imap, err = imaptest.Start(&imaptest.Options{Replicas: 2, Username: recipient, Password: "demo-password"})
+	if err != nil {
+		return w, err
+	}
+	w.kit.Cleanup(w.imap.Close)
+	// The replicas listen on ports the kernel chose from its ephemeral
+	// range, so the script never stops one: a replica goes down at its
+	// proxy, and comes back there.
+	for _, r := range w.imap.Replicas() {
+		proxy, err := faultproxy.Listen(r.Addr(), &faultproxy.Options{DialTimeout: time.Second})
+		if err != nil {
+			return w, err
+		}
+		w.kit.Cleanup(func() { proxy.Close() })
+		w.imapProxy = append(w.imapProxy, proxy)
+	}
 	w.store = newMailStore(w.imap, replicaLag)
 	for _, h := range w.hosts() {
 		w.store.collect(h)
@@ -122,11 +144,11 @@ func (w *world) Close() {
 }
 
 // imapReplicas describes the IMAP replicas for imapfailover, imap1
-// preferred.
+// preferred, each reached through its fault proxy.
 func (w *world) imapReplicas() []imapfailover.Replica {
 	var rs []imapfailover.Replica
 	for i, r := range w.imap.Replicas() {
-		rs = append(rs, imapfailover.Replica{Name: r.Name(), Addr: r.Addr(), Priority: i,
+		rs = append(rs, imapfailover.Replica{Name: r.Name(), Addr: w.imapProxy[i].Addr(), Priority: i,
 			TLS: imapfailover.TLSNone, Username: w.imap.Username(), Password: w.imap.Password()})
 	}
 	return rs
@@ -165,22 +187,23 @@ func (n *loopbackNet) DialContext(ctx context.Context, network, addr string) (ne
 	return n.d.DialContext(ctx, network, to)
 }
 
-// kit lets a program use the test kit's servers, whose constructors take a
-// testing.TB to report failures and register cleanups. Only Helper,
-// Fatalf and Cleanup are called by dnstest and imaptest at setup; the
-// embedded TB is nil, so anything else would panic loudly rather than
-// pass silently.
+// kit lets a program use dnstest, whose Start takes a dnstest.TB to report
+// failures and register cleanups, and collects the cleanups of the other
+// servers too.
 type kit struct {
-	testing.TB
 	mu       sync.Mutex
 	cleanups []func()
 }
+
+var _ dnstest.TB = (*kit)(nil)
 
 // kitFailure is what Fatalf panics with; recover turns it into an error.
 type kitFailure struct{ err error }
 
 func (k *kit) Helper() {}
 
+// Fatalf must not return, as testing.TB's does not: it panics, and
+// recover, deferred by the caller, turns the panic into an error.
 func (k *kit) Fatalf(format string, args ...any) {
 	panic(kitFailure{fmt.Errorf(format, args...)})
 }
