@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -243,7 +242,9 @@ func (r *rawConn) expect(code int) string {
 
 // readAll reads what the server sends until it closes the connection.
 func (r *rawConn) readToEOF() (string, error) {
-	b, err := io.ReadAll(bufio.NewReader(r.c))
+	// Through the textproto reader: it may hold what followed the last
+	// reply.
+	b, err := io.ReadAll(r.tp.R)
 	return string(b), err
 }
 

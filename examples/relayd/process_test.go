@@ -236,9 +236,9 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	p.stderr.wait(t, regexpQuote("shutting down"), 30*time.Second)
 
-	// The idle connection is closed, with nothing more than the end.
-	if rest, err := idle.readToEOF(); err != nil && !isClosed(err) || strings.Contains(rest, "250") {
-		t.Errorf("idle connection: %q, %v; want it closed", rest, err)
+	// The idle connection is ended with a 421.
+	if rest, err := idle.readToEOF(); !isClosed(err) || !strings.HasPrefix(rest, "421 ") {
+		t.Errorf("idle connection: %q, %v; want a 421 and the end", rest, err)
 	}
 	// The message in progress is taken.
 	if _, err := io.WriteString(w, msg[half:]); err != nil {

@@ -203,7 +203,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// closeIdle closes every connection that is not inside a transaction.
+// closeIdle ends every connection that is not inside a transaction.
 func (s *Server) closeIdle() {
 	s.mu.Lock()
 	conns := make([]*trackedConn, 0, len(s.conns))
@@ -328,13 +328,17 @@ func (c *trackedConn) end() {
 
 func (c *trackedConn) closeIfIdle() {
 	c.mu.Lock()
-	if c.inTxn || c.closing {
-		c.mu.Unlock()
+	defer c.mu.Unlock()
+	if c.inTxn {
 		return
 	}
 	c.closing = true
-	c.mu.Unlock()
-	c.Close()
+	// Not Close: a reply may be on its way (go-smtp ends a transaction
+	// before it answers RSET). A read deadline in the past fails the read
+	// of the next command instead, go-smtp answers it with a 421 and
+	// closes (RFC 5321 §3.8). go-smtp sets its own deadline before each
+	// command, so this is done again at every pass until the end.
+	c.Conn.SetReadDeadline(time.Now())
 }
 
 // unwrap finds the trackedConn under a connection go-smtp hands over (a

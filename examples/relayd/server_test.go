@@ -164,9 +164,10 @@ func TestSessionAfterShutdownStarts(t *testing.T) {
 	if code, _ := r.cmd("RSET"); code != 250 {
 		t.Fatalf("RSET: %d", code)
 	}
-	// After RSET the session is idle: Shutdown closes it.
-	if rest, err := r.readToEOF(); !isClosed(err) || rest != "" {
-		t.Errorf("idle session during shutdown: %q, %v; want closed", rest, err)
+	// After RSET (answered) the session is idle: Shutdown ends it with a
+	// 421 (RFC 5321 §3.8).
+	if rest, err := r.readToEOF(); !isClosed(err) || !strings.HasPrefix(rest, "421 ") {
+		t.Errorf("idle session during shutdown: %q, %v; want a 421 and the end", rest, err)
 	}
 	if err := <-shut; err != nil {
 		t.Errorf("Shutdown: %v", err)
