@@ -58,9 +58,10 @@ type ServerOptions struct {
 // and AUTH PLAIN or LOGIN (RFC 4954, RFC 4616), which answers 250 to the final dot
 // only once the message is durable in the queue.
 //
-// Shutdown stops it gracefully: the listener closes at once; connections
-// between transactions are closed; a transaction in progress runs to its end
-// (its message is queued and acknowledged), then its connection is closed.
+// Shutdown stops it gracefully: the listener closes at once; a connection
+// between transactions gets a 421 and is closed; a transaction in progress
+// runs to its end (its message is queued and acknowledged), then its
+// connection is ended the same way.
 type Server struct {
 	o     ServerOptions
 	spool spool
