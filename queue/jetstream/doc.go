@@ -33,7 +33,9 @@
 // An existing stream must be a file-backed work queue with message
 // schedules, no limits that drop messages (MaxAge, MaxMsgs, MaxBytes,
 // MaxMsgsPerSubject), no direct get (reads of an item's latest version go
-// to the stream leader), and the default synchronous persist mode.
+// to the stream leader), and the default synchronous persist mode, with
+// Options.Replicas replicas; an existing body bucket must be file-backed,
+// unsealed and as replicated.
 //
 // # Layout
 //

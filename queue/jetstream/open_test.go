@@ -127,6 +127,26 @@ func TestOpenChecks(t *testing.T) {
 	})
 
 	n := startNode(t)
+	t.Run("BodyBucketInMemory", func(t *testing.T) {
+		t.Parallel()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		nc := connect(t, n.url())
+		js, err := natsjs.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.CreateObjectStore(ctx, natsjs.ObjectStoreConfig{Bucket: "MEMBODIES_BODIES", Storage: natsjs.MemoryStorage}); err != nil {
+			t.Fatal(err)
+		}
+		s, err := New(nc, &Options{Stream: "MEMBODIES", Subject: "membodies", Replicas: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Open(ctx); !errors.Is(err, ErrStreamConfig) || !strings.Contains(err.Error(), "body bucket") {
+			t.Fatalf("Open with bodies in memory: %v, want ErrStreamConfig about the body bucket", err)
+		}
+	})
 	for _, tc := range []struct {
 		name string
 		edit func(*natsjs.StreamConfig)

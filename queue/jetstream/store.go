@@ -301,6 +301,14 @@ func (s *Store) open(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("body bucket %s: %w", bucket, err)
 	}
+	bst, err := obs.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("body bucket %s: %w", bucket, err)
+	}
+	if bst.Replicas() != s.opts.Replicas || bst.Storage() != natsjs.FileStorage || bst.Sealed() {
+		// Bodies must be as durable as the items that point at them.
+		return fmt.Errorf("%w: body bucket %s: %d replicas, %s storage, sealed %v; want %d, file, not sealed", ErrStreamConfig, bucket, bst.Replicas(), bst.Storage(), bst.Sealed(), s.opts.Replicas)
+	}
 	s.js, s.stream, s.cons, s.bodies = js, st, cons, obs
 	// Room for the headers a version carries and their framing.
 	s.maxBody = int(s.nc.MaxPayload()) - 4096
