@@ -3,6 +3,9 @@ package imapfailover
 import (
 	"context"
 	"errors"
+	"net"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -176,5 +179,76 @@ func TestSplitBrainRenumbering(t *testing.T) {
 	rec.assertExactlyOnce(t, 1, 4)
 	if len(expunged) != 0 {
 		t.Fatalf("renumbered message reported expunged: %v", expunged)
+	}
+}
+
+// breakOnConn closes the connection when the client writes a command
+// containing marker, once.
+type breakOnConn struct {
+	net.Conn
+	marker  string
+	tripped *atomic.Bool
+}
+
+func (c *breakOnConn) Write(b []byte) (int, error) {
+	if strings.Contains(string(b), c.marker) && c.tripped.CompareAndSwap(false, true) {
+		c.Conn.Close()
+		return 0, net.ErrClosed
+	}
+	return c.Conn.Write(b)
+}
+
+// A connection that breaks in the middle of a resync leaves the state as
+// it was: the expunge and flag changes it had seen are reported by the
+// next resync, not lost.
+func TestResyncBrokenHalfWayLosesNothing(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, &imaptest.Options{Replicas: 1})
+	appendN(t, s, 1, 4)
+	var tripped atomic.Bool
+	tripped.Store(true) // armed later
+	p := newTestPool(t, s, func(o *Options) {
+		o.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &breakOnConn{Conn: c, marker: "(UID FLAGS)", tripped: &tripped}, nil
+		}
+		o.FailureHold = time.Nanosecond
+	})
+	var expunged []imap.UID
+	var flagged []FlagChange
+	mb := p.Mailbox("INBOX", &MailboxOptions{
+		OnExpunge: func(_ context.Context, _ uint32, uids []imap.UID) error {
+			expunged = append(expunged, uids...)
+			return nil
+		},
+		OnFlags: func(_ context.Context, changes []FlagChange) error {
+			flagged = append(flagged, changes...)
+			return nil
+		},
+	})
+	rec := newRecorder()
+	if _, err := mb.Sync(t.Context(), rec.handle); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Expunge("INBOX", imap.UIDSetNum(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Store("INBOX", imap.UIDSetNum(3), imap.StoreFlagsAdd, []imap.Flag{imap.FlagAnswered}); err != nil {
+		t.Fatal(err)
+	}
+	tripped.Store(false)
+	if _, err := mb.Sync(t.Context(), rec.handle); !errors.Is(err, ErrConnLost) {
+		t.Fatalf("sync with a broken flags fetch: %v", err)
+	}
+	rep, err := mb.Sync(t.Context(), rec.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(expunged) != 1 || expunged[0] != 1 || len(flagged) != 1 || flagged[0].UID != 3 || rep.FlagChanges != 1 {
+		t.Fatalf("expunged %v, flag changes %+v, report %+v", expunged, flagged, rep)
 	}
 }

@@ -468,6 +468,31 @@ func (m *Mailbox) resync(ctx context.Context, c *Conn, h Handler) (*SyncReport, 
 		slices.Sort(gone)
 	}
 
+	// Every command is done before the state changes: a connection that
+	// breaks half-way must leave the state as it was, or the changes seen
+	// so far would never be reported.
+	//
+	// Flags: CHANGEDSINCE this replica's last mod-sequence (RFC 7162
+	// §3.1.4), otherwise the flags of every known message.
+	var changes []FlagChange
+	var flagged map[imap.UID][]imap.Flag
+	if track && len(st.Messages) > 0 {
+		var since uint64
+		if condstore {
+			since = st.ModSeq[c.Replica()]
+		}
+		if !(condstore && since == sel.HighestModSeq) {
+			rep.FlagCheck = "full"
+			if since > 0 {
+				rep.FlagCheck = "changedsince"
+			}
+			changes, flagged, err = m.flagChanges(ctx, c, since, next)
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+
 	// A message that disappeared and reappears under a new UID in the same
 	// resync (a replica renumbering after a UID conflict) is the same
 	// message, not a new one.
@@ -517,26 +542,13 @@ func (m *Mailbox) resync(ctx context.Context, c *Conn, h Handler) (*SyncReport, 
 	gone = expunged
 	rep.Expunged = gone
 
-	// Flags: CHANGEDSINCE this replica's last mod-sequence (RFC 7162
-	// §3.1.4), otherwise the flags of every known message.
-	var changes []FlagChange
-	updated := 0
-	if track && len(st.Messages) > 0 {
-		var since uint64
-		if condstore {
-			since = st.ModSeq[c.Replica()]
-		}
-		if !(condstore && since == sel.HighestModSeq) {
-			rep.FlagCheck = "full"
-			if since > 0 {
-				rep.FlagCheck = "changedsince"
-			}
-			changes, updated, err = m.flagChanges(ctx, c, since, next)
-			if err != nil {
-				return nil, err
-			}
+	for uid, fl := range flagged {
+		if k, ok := st.Messages[uid]; ok {
+			k.Flags = fl
+			st.Messages[uid] = k
 		}
 	}
+	updated := len(flagged)
 	rep.FlagChanges = len(changes)
 	// Rewrite the whole state only when what is known changed; a new
 	// mod-sequence alone is one small record, so that a resync that finds
@@ -569,14 +581,15 @@ func (m *Mailbox) resync(ctx context.Context, c *Conn, h Handler) (*SyncReport, 
 	return rep, m.deliver(ctx, c, h, rep, pending, next)
 }
 
-// flagChanges fetches flags of known messages (changed since modseq when
-// it is not zero) and returns those that differ from what is stored,
-// updating the state, and how many stored flag lists it updated (changes,
-// and messages whose flags were not known yet).
-func (m *Mailbox) flagChanges(ctx context.Context, c *Conn, since uint64, next imap.UID) ([]FlagChange, int, error) {
+// flagChanges fetches the flags of known messages (changed since modseq
+// when it is not zero). It returns those that differ from what is stored,
+// and the new flag lists to store (the changes, and messages whose flags
+// were not known yet); the caller applies them once every command of the
+// resync succeeded.
+func (m *Mailbox) flagChanges(ctx context.Context, c *Conn, since uint64, next imap.UID) ([]FlagChange, map[imap.UID][]imap.Flag, error) {
 	st := m.st
 	var changes []FlagChange
-	updated := 0
+	flagged := map[imap.UID][]imap.Flag{}
 	err := c.Exec(ctx, "fetch flags", func(cl *imapclient.Client) error {
 		opts := &imap.FetchOptions{UID: true, Flags: true, ChangedSince: since}
 		cmd := cl.Fetch(imap.UIDSet{imap.UIDRange{Start: 1, Stop: next - 1}}, opts)
@@ -598,18 +611,18 @@ func (m *Mailbox) flagChanges(ctx context.Context, c *Conn, since uint64, next i
 			if k.Flags != nil && slices.Equal(fl, k.Flags) {
 				continue
 			}
-			had := k.Flags != nil
-			k.Flags = fl
-			st.Messages[b.UID] = k
-			updated++
-			if had {
+			flagged[b.UID] = fl
+			if k.Flags != nil {
 				changes = append(changes, FlagChange{UID: b.UID, Flags: fl})
 			}
 		}
 		return cmd.Close()
 	})
+	if err != nil {
+		return nil, nil, err
+	}
 	slices.SortFunc(changes, func(a, b FlagChange) int { return int(a.UID) - int(b.UID) })
-	return changes, updated, err
+	return changes, flagged, nil
 }
 
 // remap handles a new UIDVALIDITY: the known messages are found again by

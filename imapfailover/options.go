@@ -87,7 +87,11 @@ type Options struct {
 	DialTimeout time.Duration
 	// CommandTimeout bounds how long a command may wait for the server
 	// without receiving a byte; when it passes the connection is closed,
-	// because go-imap has no read deadlines of its own. Default 30 s.
+	// because go-imap has no read deadline while it waits for a response
+	// to begin. A server that keeps sending is bounded by go-imap's own
+	// limits of 30 s per response (5 min per literal in it), writes by 30 s
+	// per command and 5 min per literal; the context bounds everything.
+	// Default 30 s.
 	CommandTimeout time.Duration
 	// MaxLineLength bounds a response line, literals included, in bytes;
 	// a longer one closes the connection with ErrLineTooLong, because
