@@ -104,7 +104,7 @@ func TestClusterLeaderKill(t *testing.T) {
 // and their lease timers move to a new consumer leader), else a follower.
 func TestClusterNodeKill(t *testing.T) {
 	t.Parallel()
-	leaderKill(t, 2000, func(ctx context.Context, c *testCluster, s *Store) *testNode {
+	leaderKill(t, 1000, func(ctx context.Context, c *testCluster, s *Store) *testNode {
 		stream := c.streamLeader(ctx, s.js, "KILL")
 		if ci, err := s.cons.Info(ctx); err == nil && ci.Cluster != nil && ci.Cluster.Leader != stream.name() {
 			if n := c.node(ci.Cluster.Leader); n != nil {
