@@ -61,8 +61,9 @@
 // longer than it. A renewal counts only once the server confirms it before
 // the old AckWait ran out; until then the Store's own view of the lease
 // ends where the server's may. Complete acknowledges the delivery, and the
-// work-queue retention deletes it. Record publishes the next version to sched.<id>
-// (or ready.<id> when due at once) and then acknowledges the delivered one.
+// work-queue retention deletes it. Record publishes the next version to
+// sched.<id> (or ready.<id> when due at once) and then acknowledges the
+// delivered one.
 // That publish is a compare-and-set on the item's latest version across
 // ready.<id> and sched.<id> (Nats-Expected-Last-Subject-Sequence with
 // Nats-Expected-Last-Subject-Sequence-Subject), so of two runners that both
@@ -73,14 +74,7 @@
 // Scheduled messages survive restarts and leader changes: they are stream
 // messages, replicated like any other, and the new leader fires them.
 //
-// # Idempotency
-//
-// Every first version carries its item ID as Nats-Msg-Id, so a publish
-// retried through a leader election is stored once. A queue.Message Key is
-// claimed by a compare-and-set publish on key.<hash>; the item is then
-// published on condition that the claim is still the latest, so concurrent
-// enqueues with one key on any number of machines agree on one item. The
-// claim is deleted when the item completes.
+// # Prefetch
 //
 // Each Lease pulls at least Options.Prefetch deliveries and keeps those it
 // was not asked for to hand out on the next calls, saving a round trip to
@@ -89,6 +83,15 @@
 // at most a second or a tenth of AckWait, whichever is shorter, and never
 // handed out later than that: by then the server could have given it to
 // another runner.
+//
+// # Idempotency
+//
+// Every first version carries its item ID as Nats-Msg-Id, so a publish
+// retried through a leader election is stored once. A queue.Message Key is
+// claimed by a compare-and-set publish on key.<hash>; the item is then
+// published on condition that the claim is still the latest, so concurrent
+// enqueues with one key on any number of machines agree on one item. The
+// claim is deleted when the item completes.
 //
 // # Guarantees and limits
 //
@@ -107,8 +110,9 @@
 // an item delivered once (the common case) relies on the lease clock of
 // its Store value: it is refused from AckWait less a tenth before the
 // server can redeliver, so only a process paused for longer than that tenth
-// between the check and the acknowledgement can complete an item another
-// runner holds, which repeats a delivery but loses none. Repeated attempts
+// between the check and the acknowledgement (or an acknowledgement held up
+// that long, by a leader election) can complete an item another runner
+// holds, which repeats a delivery but loses none. Repeated attempts
 // are bounded by the deliveries outstanding when a runner or a server
 // fails: the attempts under way plus the prefetched ones.
 //
