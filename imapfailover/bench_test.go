@@ -116,7 +116,9 @@ func naiveFlags(b *testing.B, addr, user, pass string, read *atomic.Int64, fetch
 // O(mailbox) by nature, so that variant also runs without flag tracking to
 // show the cost of new messages and expunge checks alone. Connect, log in
 // and SELECT alone are timed too, as the floor both pay: on Dovecot a
-// SELECT of a large mailbox is a large part of either.
+// SELECT of a large mailbox is a large part of either. Each round is a
+// reconnect (the state stays in memory), except in the "restart" variant:
+// a new process that loads its state from a FileStore.
 func BenchmarkResync100k(b *testing.B) {
 	const size = 100_000
 	b.Run("dovecot", func(b *testing.B) {
@@ -138,7 +140,7 @@ func BenchmarkResync100k(b *testing.B) {
 			if err := c.Store(set, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagFlagged}}, nil).Close(); err != nil {
 				b.Fatal(err)
 			}
-		}, true, nil)
+		}, true, nil, false)
 	})
 	b.Run("memserver", func(b *testing.B) {
 		s := imaptest.NewSet(b, &imaptest.Options{Replicas: 1})
@@ -162,15 +164,15 @@ func BenchmarkResync100k(b *testing.B) {
 			}
 		}
 		addr := s.Replica(0).Addr()
-		b.Run("flags", func(b *testing.B) { benchResync(b, addr, s.Username(), s.Password(), change, true, nil) })
-		b.Run("noflags", func(b *testing.B) { benchResync(b, addr, s.Username(), s.Password(), change, false, nil) })
-		b.Run("noflags-filestore", func(b *testing.B) {
-			benchResync(b, addr, s.Username(), s.Password(), change, false, NewFileStore(b.TempDir()))
+		b.Run("flags", func(b *testing.B) { benchResync(b, addr, s.Username(), s.Password(), change, true, nil, false) })
+		b.Run("noflags", func(b *testing.B) { benchResync(b, addr, s.Username(), s.Password(), change, false, nil, false) })
+		b.Run("noflags-filestore-restart", func(b *testing.B) {
+			benchResync(b, addr, s.Username(), s.Password(), change, false, NewFileStore(b.TempDir()), true)
 		})
 	})
 }
 
-func benchResync(b *testing.B, addr, user, pass string, change func(i int), flags bool, store StateStore) {
+func benchResync(b *testing.B, addr, user, pass string, change func(i int), flags bool, store StateStore, restart bool) {
 	var read atomic.Int64
 	// Prime: the server indexes the mailbox, and the reader takes stock.
 	naiveFlags(b, addr, user, pass, &read, true)
@@ -193,10 +195,11 @@ func benchResync(b *testing.B, addr, user, pass string, change func(i int), flag
 		return p
 	}
 	p := newPool()
-	if _, err := p.Mailbox("INBOX", opts).Sync(b.Context(), func(context.Context, *Message) error { return nil }); err != nil {
+	mb := p.Mailbox("INBOX", opts)
+	if _, err := mb.Sync(b.Context(), func(context.Context, *Message) error { return nil }); err != nil {
 		b.Fatal(err)
 	}
-	p.Close()
+	defer func() { p.Close() }()
 
 	var resyncBytes, naiveBytes int64
 	var resyncTime, naiveTime, selectTime time.Duration
@@ -206,8 +209,17 @@ func benchResync(b *testing.B, addr, user, pass string, change func(i int), flag
 		b.StopTimer()
 		round++
 		change(round)
-		p := newPool()
-		mb := p.Mailbox("INBOX", opts)
+		if restart {
+			// A new process: a new pool and mailbox, the state loaded
+			// from the store.
+			p.Close()
+			p = newPool()
+			mb = p.Mailbox("INBOX", opts)
+		} else {
+			// A reconnect: the connection is gone, the state is in memory.
+			for p.evictIdle() {
+			}
+		}
 		read.Store(0)
 		b.StartTimer()
 		start := time.Now()
@@ -218,7 +230,6 @@ func benchResync(b *testing.B, addr, user, pass string, change func(i int), flag
 			b.Fatal(err)
 		}
 		resyncBytes += read.Load()
-		p.Close()
 		if rep.Delivered != 10 || (flags && rep.FlagChanges != 10) {
 			b.Fatalf("resync found %+v", rep)
 		}
@@ -268,7 +279,7 @@ func BenchmarkStateStore(b *testing.B) {
 			uid := cur.LastUID
 			for b.Loop() {
 				uid++
-				cur.Apply(StateChange{UIDValidity: 1, LastUID: uid, UID: uid, Message: KnownMessage{Fingerprint: uint64(uid)}})
+				cur.Apply(StateChange{UIDValidity: 1, LastUID: uid, Set: map[imap.UID]KnownMessage{uid: KnownMessage{Fingerprint: uint64(uid)}}})
 				if err := s.Save(ctx, "INBOX", cur); err != nil {
 					b.Fatal(err)
 				}
@@ -283,7 +294,7 @@ func BenchmarkStateStore(b *testing.B) {
 			uid := st.LastUID
 			for b.Loop() {
 				uid++
-				if err := j.Record(ctx, "INBOX", StateChange{UIDValidity: 1, LastUID: uid, UID: uid, Message: KnownMessage{Fingerprint: uint64(uid)}}); err != nil {
+				if err := j.Record(ctx, "INBOX", StateChange{UIDValidity: 1, LastUID: uid, Set: map[imap.UID]KnownMessage{uid: KnownMessage{Fingerprint: uint64(uid)}}}); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -498,10 +498,14 @@ func (m *Mailbox) resync(ctx context.Context, c *Conn, h Handler) (*SyncReport, 
 	// message, not a new one.
 	// So is a message handled before a UIDVALIDITY remap that did not find
 	// it, arriving now that this replica caught up.
+	// All changes to the state go into one StateChange, recorded as a
+	// whole.
+	change := StateChange{UIDValidity: st.UIDValidity, Set: map[imap.UID]KnownMessage{}}
 	goneFP := map[uint64]int{}
 	for _, uid := range gone {
 		goneFP[st.Messages[uid].Fingerprint]++
 	}
+	missing := slices.Clone(st.Missing)
 	var pending []imap.UID
 	for _, id := range fresh {
 		if _, ok := st.Messages[id.uid]; ok {
@@ -509,13 +513,14 @@ func (m *Mailbox) resync(ctx context.Context, c *Conn, h Handler) (*SyncReport, 
 		}
 		if goneFP[id.fp] > 0 {
 			goneFP[id.fp]--
-			st.Messages[id.uid] = KnownMessage{Fingerprint: id.fp, Flags: id.flags}
+			change.Set[id.uid] = KnownMessage{Fingerprint: id.fp, Flags: id.flags}
 			rep.Remapped++
 			continue
 		}
-		if i := slices.Index(st.Missing, id.fp); i >= 0 {
-			st.Missing = slices.Delete(st.Missing, i, i+1)
-			st.Messages[id.uid] = KnownMessage{Fingerprint: id.fp, Flags: id.flags}
+		if i := slices.Index(missing, id.fp); i >= 0 {
+			missing = slices.Delete(missing, i, i+1)
+			change.Found = append(change.Found, id.fp)
+			change.Set[id.uid] = KnownMessage{Fingerprint: id.fp, Flags: id.flags}
 			rep.Remapped++
 			continue
 		}
@@ -537,34 +542,24 @@ func (m *Mailbox) resync(ctx context.Context, c *Conn, h Handler) (*SyncReport, 
 		} else {
 			expunged = append(expunged, uid)
 		}
-		delete(st.Messages, uid)
+		change.Forget = append(change.Forget, uid)
 	}
 	gone = expunged
 	rep.Expunged = gone
-
 	for uid, fl := range flagged {
-		if k, ok := st.Messages[uid]; ok {
-			k.Flags = fl
-			st.Messages[uid] = k
-		}
+		k := st.Messages[uid]
+		k.Flags = fl
+		change.Set[uid] = k
 	}
-	updated := len(flagged)
 	rep.FlagChanges = len(changes)
-	// Rewrite the whole state only when what is known changed; a new
-	// mod-sequence alone is one small record, so that a resync that finds
-	// only new messages costs what they cost, not what the mailbox does.
-	switch {
-	case len(gone) > 0 || updated > 0 || rep.Remapped > 0:
-		if condstore {
-			st.ModSeq[c.Replica()] = sel.HighestModSeq
-		}
-		if err := m.save(ctx); err != nil {
-			return nil, &handlerError{err}
-		}
-	case condstore && st.ModSeq[c.Replica()] != sel.HighestModSeq:
-		st.ModSeq[c.Replica()] = sel.HighestModSeq
-		ch := StateChange{UIDValidity: st.UIDValidity, Replica: c.Replica(), ModSeq: sel.HighestModSeq}
-		if err := m.record(ctx, ch); err != nil {
+	if condstore && st.ModSeq[c.Replica()] != sel.HighestModSeq {
+		change.Replica, change.ModSeq = c.Replica(), sel.HighestModSeq
+	}
+	// One record, as large as the changes: the cost of a resync follows
+	// what changed, not the size of the mailbox.
+	if len(change.Set) > 0 || len(change.Forget) > 0 || change.Replica != "" {
+		st.Apply(change)
+		if err := m.record(ctx, change); err != nil {
 			return nil, &handlerError{err}
 		}
 	}
@@ -754,7 +749,7 @@ func (m *Mailbox) deliver(ctx context.Context, c *Conn, h Handler, rep *SyncRepo
 				st.LastUID = b.UID
 			}
 			rep.Delivered++
-			ch := StateChange{UIDValidity: st.UIDValidity, LastUID: st.LastUID, UID: b.UID, Message: k}
+			ch := StateChange{UIDValidity: st.UIDValidity, LastUID: st.LastUID, Set: map[imap.UID]KnownMessage{b.UID: k}}
 			if err := m.record(ctx, ch); err != nil {
 				return &handlerError{err}
 			}

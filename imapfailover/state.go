@@ -86,19 +86,27 @@ type StateStore interface {
 }
 
 // StateChange is one change to a MailboxState, recorded by a
-// StateJournal. Every field set applies; a change made under another
-// UIDVALIDITY than the state's is ignored.
+// StateJournal as a whole. Every field set applies; a change made under
+// another UIDVALIDITY than the state's is ignored.
 type StateChange struct {
 	UIDValidity uint32
 	// LastUID raises MailboxState.LastUID (it never lowers it).
 	LastUID imap.UID
-	// UID, when not 0, is a message now handled, known as Message.
-	UID     imap.UID
-	Message KnownMessage
+	// Set: messages now known as given (handled, found again under a new
+	// UID, or with new flags).
+	Set map[imap.UID]KnownMessage
+	// Forget: messages gone.
+	Forget []imap.UID
+	// Found: fingerprints taken out of MailboxState.Missing, one
+	// occurrence each.
+	Found []uint64
 	// Replica, when not empty, last had HIGHESTMODSEQ ModSeq.
 	Replica string
 	ModSeq  uint64
 }
+
+// size is how many entries the change holds, for journal accounting.
+func (ch *StateChange) size() int { return max(1, len(ch.Set)+len(ch.Forget)+len(ch.Found)) }
 
 // StateJournal is implemented by a StateStore that can record one change
 // without rewriting the whole state. A Mailbox uses it, when its store
@@ -124,13 +132,20 @@ func (s *MailboxState) Apply(ch StateChange) {
 	if ch.LastUID > s.LastUID {
 		s.LastUID = ch.LastUID
 	}
-	if ch.UID != 0 {
-		if s.Messages == nil {
-			s.Messages = make(map[imap.UID]KnownMessage)
-		}
-		m := ch.Message
+	if s.Messages == nil {
+		s.Messages = make(map[imap.UID]KnownMessage)
+	}
+	for _, uid := range ch.Forget {
+		delete(s.Messages, uid)
+	}
+	for uid, m := range ch.Set {
 		m.Flags = slices.Clone(m.Flags)
-		s.Messages[ch.UID] = m
+		s.Messages[uid] = m
+	}
+	for _, fp := range ch.Found {
+		if i := slices.Index(s.Missing, fp); i >= 0 {
+			s.Missing = slices.Delete(s.Missing, i, i+1)
+		}
 	}
 	if ch.Replica != "" {
 		if s.ModSeq == nil {
@@ -313,7 +328,7 @@ func (s *FileStore) recordLocked(key string, ch StateChange) error {
 	if err := appendSync(s.dir, s.journalPath(key), append(line, '\n')); err != nil {
 		return err
 	}
-	j.records++
+	j.records += ch.size()
 	if j.records < compactEvery {
 		return nil
 	}
@@ -359,36 +374,36 @@ func appendSync(dir, path string, b []byte) error {
 	return d.Sync()
 }
 
-// journalRecord is one line of a FileStore journal.
+// journalRecord is one line of a FileStore journal; Set holds rows as in
+// the snapshot's messages.
 type journalRecord struct {
-	Snapshot    string  `json:"snapshot"`
-	UIDValidity uint32  `json:"uidvalidity"`
-	LastUID     uint32  `json:"last_uid,omitempty"`
-	UID         uint32  `json:"uid,omitempty"`
-	Fingerprint string  `json:"fp,omitempty"`
-	Flags       *string `json:"flags,omitempty"`
-	Replica     string  `json:"replica,omitempty"`
-	ModSeq      uint64  `json:"modseq,omitempty"`
+	Snapshot    string   `json:"snapshot"`
+	UIDValidity uint32   `json:"uidvalidity"`
+	LastUID     uint32   `json:"last_uid,omitempty"`
+	Set         [][]any  `json:"set,omitempty"`
+	Forget      []uint32 `json:"forget,omitempty"`
+	Found       []string `json:"found,omitempty"`
+	Replica     string   `json:"replica,omitempty"`
+	ModSeq      uint64   `json:"modseq,omitempty"`
 }
 
 func journalLine(id string, ch StateChange) journalRecord {
 	r := journalRecord{Snapshot: id, UIDValidity: ch.UIDValidity, LastUID: uint32(ch.LastUID), Replica: ch.Replica, ModSeq: ch.ModSeq}
-	if ch.UID != 0 {
-		r.UID = uint32(ch.UID)
-		r.Fingerprint = strconv.FormatUint(ch.Message.Fingerprint, 16)
-		if ch.Message.Flags != nil {
-			fl := joinFlags(ch.Message.Flags)
-			r.Flags = &fl
-		}
+	r.Set = messageRows(ch.Set)
+	for _, uid := range ch.Forget {
+		r.Forget = append(r.Forget, uint32(uid))
+	}
+	for _, fp := range ch.Found {
+		r.Found = append(r.Found, strconv.FormatUint(fp, 16))
 	}
 	return r
 }
 
 // replayJournal applies the journal lines written for snapshot id to st
-// and returns how many there were. A last line without its newline was
-// torn by a crash and is ignored.
+// and returns how many entries they held. A last line without its newline
+// was torn by a crash and is ignored.
 func replayJournal(st *MailboxState, id string, b []byte) (int, error) {
-	n := 0
+	n, lines := 0, 0
 	for len(b) > 0 {
 		i := bytes.IndexByte(b, '\n')
 		if i < 0 {
@@ -396,28 +411,96 @@ func replayJournal(st *MailboxState, id string, b []byte) (int, error) {
 		}
 		line := b[:i]
 		b = b[i+1:]
-		var r journalRecord
+		lines++
+		var r struct {
+			Snapshot    string            `json:"snapshot"`
+			UIDValidity uint32            `json:"uidvalidity"`
+			LastUID     uint32            `json:"last_uid"`
+			Set         []json.RawMessage `json:"set"`
+			Forget      []uint32          `json:"forget"`
+			Found       []string          `json:"found"`
+			Replica     string            `json:"replica"`
+			ModSeq      uint64            `json:"modseq"`
+		}
 		if err := json.Unmarshal(line, &r); err != nil {
-			return 0, fmt.Errorf("%w: journal line %d: %w", ErrBadState, n+1, err)
+			return 0, fmt.Errorf("%w: journal line %d: %w", ErrBadState, lines, err)
 		}
-		n++
-		if r.Snapshot != id {
-			continue
+		set, err := decodeRows(r.Set)
+		if err != nil {
+			return 0, fmt.Errorf("journal line %d: %w", lines, err)
 		}
-		ch := StateChange{UIDValidity: r.UIDValidity, LastUID: imap.UID(r.LastUID), Replica: r.Replica, ModSeq: r.ModSeq}
-		if r.UID != 0 {
-			fp, err := strconv.ParseUint(r.Fingerprint, 16, 64)
+		ch := StateChange{UIDValidity: r.UIDValidity, LastUID: imap.UID(r.LastUID), Set: set, Replica: r.Replica, ModSeq: r.ModSeq}
+		for _, uid := range r.Forget {
+			ch.Forget = append(ch.Forget, imap.UID(uid))
+		}
+		for _, fp := range r.Found {
+			v, err := strconv.ParseUint(fp, 16, 64)
 			if err != nil {
-				return 0, fmt.Errorf("%w: journal line %d: bad fingerprint", ErrBadState, n)
+				return 0, fmt.Errorf("%w: journal line %d: bad fingerprint", ErrBadState, lines)
 			}
-			ch.UID, ch.Message = imap.UID(r.UID), KnownMessage{Fingerprint: fp}
-			if r.Flags != nil {
-				ch.Message.Flags = splitFlags(*r.Flags)
-			}
+			ch.Found = append(ch.Found, v)
 		}
-		st.Apply(ch)
+		n += ch.size()
+		if r.Snapshot == id {
+			st.Apply(ch)
+		}
 	}
 	return n, nil
+}
+
+// messageRows is the file form of messages: [uid, "fingerprint in hex",
+// "flags separated by spaces"], the flags only when they are kept.
+func messageRows(msgs map[imap.UID]KnownMessage) [][]any {
+	if len(msgs) == 0 {
+		return nil
+	}
+	uids := slices.Sorted(maps.Keys(msgs))
+	rows := make([][]any, 0, len(uids))
+	for _, uid := range uids {
+		m := msgs[uid]
+		row := []any{uint32(uid), strconv.FormatUint(m.Fingerprint, 16)}
+		if m.Flags != nil {
+			row = append(row, joinFlags(m.Flags))
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+// decodeRows parses rows written by messageRows.
+func decodeRows(rows []json.RawMessage) (map[imap.UID]KnownMessage, error) {
+	out := make(map[imap.UID]KnownMessage, len(rows))
+	for i, raw := range rows {
+		var row []json.RawMessage
+		if err := json.Unmarshal(raw, &row); err != nil || len(row) < 2 || len(row) > 3 {
+			return nil, fmt.Errorf("%w: message %d", ErrBadState, i)
+		}
+		var uid uint32
+		var fp string
+		if err := json.Unmarshal(row[0], &uid); err != nil || uid == 0 {
+			return nil, fmt.Errorf("%w: message %d: bad UID", ErrBadState, i)
+		}
+		if err := json.Unmarshal(row[1], &fp); err != nil {
+			return nil, fmt.Errorf("%w: message %d: bad fingerprint", ErrBadState, i)
+		}
+		n, err := strconv.ParseUint(fp, 16, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%w: message %d: bad fingerprint", ErrBadState, i)
+		}
+		m := KnownMessage{Fingerprint: n}
+		if len(row) == 3 {
+			var fl string
+			if err := json.Unmarshal(row[2], &fl); err != nil {
+				return nil, fmt.Errorf("%w: message %d: bad flags", ErrBadState, i)
+			}
+			m.Flags = splitFlags(fl)
+		}
+		if _, dup := out[imap.UID(uid)]; dup {
+			return nil, fmt.Errorf("%w: UID %d twice", ErrBadState, uid)
+		}
+		out[imap.UID(uid)] = m
+	}
+	return out, nil
 }
 
 func joinFlags(flags []imap.Flag) string {
@@ -499,15 +582,9 @@ func EncodeState(st *MailboxState) ([]byte, error) { return encodeState(st, "") 
 
 func encodeState(st *MailboxState, id string) ([]byte, error) {
 	f := stateFile{Version: 1, Mailbox: st.Mailbox, UIDValidity: st.UIDValidity, LastUID: uint32(st.LastUID), ModSeq: st.ModSeq, Snapshot: id}
-	uids := slices.Sorted(maps.Keys(st.Messages))
-	f.Messages = make([][]any, 0, len(uids))
-	for _, uid := range uids {
-		m := st.Messages[uid]
-		row := []any{uint32(uid), strconv.FormatUint(m.Fingerprint, 16)}
-		if m.Flags != nil {
-			row = append(row, joinFlags(m.Flags))
-		}
-		f.Messages = append(f.Messages, row)
+	f.Messages = messageRows(st.Messages)
+	if f.Messages == nil {
+		f.Messages = [][]any{}
 	}
 	for _, fp := range st.Missing {
 		f.Missing = append(f.Missing, strconv.FormatUint(fp, 16))
@@ -539,39 +616,13 @@ func decodeState(b []byte) (*MailboxState, string, error) {
 	if f.Version != 1 {
 		return nil, "", fmt.Errorf("%w: version %d", ErrBadState, f.Version)
 	}
+	msgs, err := decodeRows(f.Messages)
+	if err != nil {
+		return nil, "", err
+	}
 	st := &MailboxState{
 		Mailbox: f.Mailbox, UIDValidity: f.UIDValidity, LastUID: imap.UID(f.LastUID),
-		ModSeq: f.ModSeq, Messages: make(map[imap.UID]KnownMessage, len(f.Messages)),
-	}
-	for i, raw := range f.Messages {
-		var row []json.RawMessage
-		if err := json.Unmarshal(raw, &row); err != nil || len(row) < 2 || len(row) > 3 {
-			return nil, "", fmt.Errorf("%w: message %d", ErrBadState, i)
-		}
-		var uid uint32
-		var fp string
-		if err := json.Unmarshal(row[0], &uid); err != nil || uid == 0 {
-			return nil, "", fmt.Errorf("%w: message %d: bad UID", ErrBadState, i)
-		}
-		if err := json.Unmarshal(row[1], &fp); err != nil {
-			return nil, "", fmt.Errorf("%w: message %d: bad fingerprint", ErrBadState, i)
-		}
-		n, err := strconv.ParseUint(fp, 16, 64)
-		if err != nil {
-			return nil, "", fmt.Errorf("%w: message %d: bad fingerprint", ErrBadState, i)
-		}
-		m := KnownMessage{Fingerprint: n}
-		if len(row) == 3 {
-			var fl string
-			if err := json.Unmarshal(row[2], &fl); err != nil {
-				return nil, "", fmt.Errorf("%w: message %d: bad flags", ErrBadState, i)
-			}
-			m.Flags = splitFlags(fl)
-		}
-		if _, dup := st.Messages[imap.UID(uid)]; dup {
-			return nil, "", fmt.Errorf("%w: UID %d twice", ErrBadState, uid)
-		}
-		st.Messages[imap.UID(uid)] = m
+		ModSeq: f.ModSeq, Messages: msgs,
 	}
 	if len(f.Missing) > maxMissing {
 		return nil, "", fmt.Errorf("%w: %d missing fingerprints", ErrBadState, len(f.Missing))

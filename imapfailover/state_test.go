@@ -208,7 +208,7 @@ func TestFileStoreJournal(t *testing.T) {
 	}
 	want := st.Clone()
 	for uid := imap.UID(43); uid <= 45; uid++ {
-		ch := StateChange{UIDValidity: st.UIDValidity, LastUID: uid, UID: uid, Message: KnownMessage{Fingerprint: uint64(uid), Flags: []imap.Flag{imap.FlagSeen}}}
+		ch := StateChange{UIDValidity: st.UIDValidity, LastUID: uid, Set: map[imap.UID]KnownMessage{uid: KnownMessage{Fingerprint: uint64(uid), Flags: []imap.Flag{imap.FlagSeen}}}}
 		if err := fs.Record(ctx, "INBOX", ch); err != nil {
 			t.Fatal(err)
 		}
@@ -220,7 +220,7 @@ func TestFileStoreJournal(t *testing.T) {
 	}
 	want.Apply(modseq)
 	// A change made under another UIDVALIDITY does not apply.
-	if err := fs.Record(ctx, "INBOX", StateChange{UIDValidity: 1, LastUID: 1000, UID: 1000}); err != nil {
+	if err := fs.Record(ctx, "INBOX", StateChange{UIDValidity: 1, LastUID: 1000, Set: map[imap.UID]KnownMessage{1000: {}}}); err != nil {
 		t.Fatal(err)
 	}
 	load := func() (*MailboxState, error) {
@@ -280,7 +280,7 @@ func TestFileStoreJournalCompacts(t *testing.T) {
 		t.Fatal(err)
 	}
 	for uid := imap.UID(1); uid <= compactEvery+2; uid++ {
-		if err := fs.Record(ctx, "INBOX", StateChange{UIDValidity: 7, LastUID: uid, UID: uid, Message: KnownMessage{Fingerprint: uint64(uid)}}); err != nil {
+		if err := fs.Record(ctx, "INBOX", StateChange{UIDValidity: 7, LastUID: uid, Set: map[imap.UID]KnownMessage{uid: KnownMessage{Fingerprint: uint64(uid)}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -306,7 +306,7 @@ func TestMemoryStoreRecord(t *testing.T) {
 	}
 	st := sampleState()
 	ms.Save(ctx, "INBOX", st)
-	ch := StateChange{UIDValidity: st.UIDValidity, LastUID: 50, UID: 50, Message: KnownMessage{Fingerprint: 9}}
+	ch := StateChange{UIDValidity: st.UIDValidity, LastUID: 50, Set: map[imap.UID]KnownMessage{50: KnownMessage{Fingerprint: 9}}}
 	if err := ms.Record(ctx, "INBOX", ch); err != nil {
 		t.Fatal(err)
 	}
@@ -317,23 +317,66 @@ func TestMemoryStoreRecord(t *testing.T) {
 }
 
 func FuzzReplayJournal(f *testing.F) {
-	f.Add([]byte(`{"snapshot":"a","uidvalidity":1,"last_uid":3,"uid":3,"fp":"ff","flags":"\\Seen"}` + "\n"))
+	f.Add([]byte(`{"snapshot":"a","uidvalidity":1,"last_uid":3,"set":[[3,"ff","\\Seen"]]}` + "\n"))
 	f.Add([]byte(`{"snapshot":"a","uidvalidity":1,"replica":"imap1","modseq":9}` + "\n" + `{"snapshot":"a"`))
-	f.Add([]byte(`{"snapshot":"b","uidvalidity":1,"uid":3,"fp":"zz"}` + "\n"))
+	f.Add([]byte(`{"snapshot":"a","uidvalidity":1,"forget":[1,2],"found":["5"],"set":[[4,"5"]]}` + "\n"))
+	f.Add([]byte(`{"snapshot":"b","uidvalidity":1,"set":[[3,"zz"]]}` + "\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		st := &MailboxState{UIDValidity: 1}
-		n, err := replayJournal(st, "a", b)
-		if err != nil {
+		st := &MailboxState{UIDValidity: 1, Missing: []uint64{5, 5}}
+		if _, err := replayJournal(st, "a", b); err != nil {
 			if !errors.Is(err, ErrBadState) {
 				t.Fatalf("untyped error %v", err)
 			}
 			return
 		}
-		if n > bytes.Count(b, []byte("\n")) {
-			t.Fatalf("%d records from %d lines", n, bytes.Count(b, []byte("\n")))
-		}
 		if _, ok := st.Messages[0]; ok {
 			t.Fatal("message with UID 0")
 		}
+		if len(st.Missing) > 2 {
+			t.Fatalf("missing grew: %v", st.Missing)
+		}
 	})
+}
+
+// A resync that finds an expunge, a flag change and a new message writes
+// journal records, not a new snapshot, and a new process reads the same
+// state back.
+func TestResyncWritesJournalNotSnapshot(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, &imaptest.Options{Replicas: 1})
+	appendN(t, s, 1, 4)
+	dir := t.TempDir()
+	p := newTestPool(t, s, nil)
+	opts := &MailboxOptions{Store: NewFileStore(dir), OnFlags: func(context.Context, []FlagChange) error { return nil }}
+	mb := p.Mailbox("INBOX", opts)
+	rec := newRecorder()
+	if _, err := mb.Sync(t.Context(), rec.handle); err != nil {
+		t.Fatal(err)
+	}
+	snapshot, err := os.ReadFile(filepath.Join(dir, "mailbox-INBOX.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Expunge("INBOX", imap.UIDSetNum(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Store("INBOX", imap.UIDSetNum(3), imap.StoreFlagsAdd, []imap.Flag{imap.FlagFlagged}); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, 5, 5)
+	rep, err := mb.Sync(t.Context(), rec.handle)
+	if err != nil || rep.Delivered != 1 || rep.FlagChanges != 1 || len(rep.Expunged) != 1 {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, "mailbox-INBOX.json")); !bytes.Equal(after, snapshot) {
+		t.Fatal("snapshot rewritten")
+	}
+	got, err := NewFileStore(dir).Load(t.Context(), "INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, gone := got.Messages[1]
+	if gone || len(got.Messages) != 4 || got.LastUID != 5 || len(got.Messages[3].Flags) != 1 || got.Messages[3].Flags[0] != imap.FlagFlagged {
+		t.Fatalf("state read back: %+v", got)
+	}
 }
