@@ -24,6 +24,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/hamail/hamail/internal/selfsigned"
 	"github.com/hamail/hamail/internal/smtptest"
 )
 
@@ -64,13 +65,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	os.WriteFile(f.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600)
 	os.WriteFile(f.keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
-	leaf, err := x509.ParseCertificate(cert.Certificate[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	f.clientTLS = &tls.Config{RootCAs: pool, ServerName: "localhost"}
+	f.clientTLS = &tls.Config{RootCAs: selfsigned.Pool(cert), ServerName: "localhost"}
 	return f
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/hamail/hamail/internal/loopback"
+	"github.com/hamail/hamail/internal/selfsigned"
 )
 
 // ErrRunning is returned by Start when the server is already listening.
@@ -158,14 +159,14 @@ func New(opts *Options) (*Server, error) {
 	if o.Capabilities != nil {
 		caps = o.Capabilities.clone()
 	}
-	cert, pool, err := newCertificate(o.Domain)
+	cert, err := selfsigned.New(&selfsigned.Options{Host: o.Domain, Organization: "smtptest", CA: true})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("smtptest: %w", err)
 	}
 	return &Server{
 		opts:    o,
 		tlsCfg:  &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
-		pool:    pool,
+		pool:    selfsigned.Pool(cert),
 		addr:    o.Addr,
 		caps:    caps,
 		faults:  make(map[faultKey]Fault),
