@@ -47,7 +47,8 @@
 //	                     scheduled message (Nats-Schedule "@at <time>") that
 //	                     the server republishes to ready.<id> when due
 //	<prefix>.key.<hash>  the claim of an idempotency key: the item ID
-//	<prefix>.quar.<id>   a record that could not be decoded, set aside
+//	<prefix>.quar.<id>.record
+//	                     a record that could not be decoded, set aside
 //
 // A version carries the whole item (envelope, per-recipient state, counters)
 // and its body, unless the body is larger than half the server's max payload;

@@ -195,10 +195,12 @@ func New(nc *nats.Conn, opts *Options) (*Store, error) {
 
 // Subjects of the stream: <prefix>.ready.<id> holds versions due now,
 // <prefix>.sched.<id> the version waiting for its retry time, <prefix>.key.<hash>
-// the claim of an idempotency key, <prefix>.quar.<id> quarantined records.
+// the claim of an idempotency key, <prefix>.quar.<id>.record quarantined
+// records.
 func (s *Store) readySubject(id string) string { return s.subject + ".ready." + id }
 func (s *Store) schedSubject(id string) string { return s.subject + ".sched." + id }
 func (s *Store) itemSubjects(id string) string { return s.subject + ".*." + id }
+func (s *Store) quarSubject(id string) string  { return s.subject + ".quar." + id + ".record" }
 func (s *Store) keySubject(key string) string {
 	h := sha256.Sum256([]byte(key))
 	return s.subject + ".key." + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(h[:20]))
@@ -469,21 +471,24 @@ func (s *Store) enqueueKeyed(ctx context.Context, rec *record, body []byte) (str
 			return "", fmt.Errorf("reading key claim: %w", err)
 		default:
 			claimed := string(last.Data)
-			if _, err := s.lastOf(ctx, s.itemSubjects(claimed)); err == nil {
+			_, err := s.lastOf(ctx, s.itemSubjects(claimed))
+			switch {
+			case err == nil:
 				return claimed, nil
-			} else if !errors.Is(err, natsjs.ErrMsgNotFound) {
+			case !errors.Is(err, natsjs.ErrMsgNotFound):
 				return "", fmt.Errorf("looking up item %s: %w", claimed, err)
-			}
-			// Claimed, but the item is not there: its enqueue is under way,
-			// failed, or the item completed.
-			if last.Sequence != waitSeq {
-				waitSeq, waitSince = last.Sequence, time.Now()
-			}
-			if claimed != rec.ID && time.Since(waitSince) < claimPatience && last.Time.After(time.Now().Add(-claimPatience)) {
-				if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
-					return "", err
+			default:
+				// Claimed, but the item is not there: its enqueue is under
+				// way, failed, or the item completed.
+				if last.Sequence != waitSeq {
+					waitSeq, waitSince = last.Sequence, time.Now()
 				}
-				continue
+				if claimed != rec.ID && time.Since(waitSince) < claimPatience && last.Time.After(time.Now().Add(-claimPatience)) {
+					if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
+						return "", err
+					}
+					continue
+				}
 			}
 			expect = last.Sequence
 		}
@@ -778,7 +783,10 @@ func (s *Store) quarantine(ctx context.Context, m *delivery, fetchedAt time.Time
 	if !validToken(id) {
 		id = "invalid"
 	}
-	q := nats.NewMsg(s.subject + ".quar." + id)
+	// One token more than the item's subjects, so that the copy is not
+	// taken for a version of the item (itemSubjects): the item is gone,
+	// and its key is free for a new enqueue.
+	q := nats.NewMsg(s.quarSubject(id))
 	q.Data = m.Data()
 	q.Header.Set("Hamail-Quarantine-Reason", cause.Error())
 	q.Header.Set("Hamail-Quarantine-Subject", m.Subject())
@@ -1080,6 +1088,7 @@ func (s *Store) queueSubjects(ctx context.Context) (map[string]map[string]uint64
 			continue
 		}
 		kind, id, ok := strings.Cut(rest, ".")
+		id, _, _ = strings.Cut(id, ".") // quar.<id>.record
 		if m := out[kind]; ok && m != nil {
 			m[id] += n
 		}

@@ -27,6 +27,10 @@ func TestCorruptRecordQuarantined(t *testing.T) {
 	if _, err := s.js.Publish(ctx, s.readySubject(garbageID), []byte("hmq1\xff\xff\xff\xff not a record")); err != nil {
 		t.Fatal(err)
 	}
+	// The garbage holds an idempotency key.
+	if _, err := s.js.Publish(ctx, s.keySubject("order-9"), []byte(garbageID)); err != nil {
+		t.Fatal(err)
+	}
 	raw, err := s.stream.GetLastMsgForSubject(ctx, s.readySubject(good[0]))
 	if err != nil {
 		t.Fatal(err)
@@ -68,12 +72,17 @@ func TestCorruptRecordQuarantined(t *testing.T) {
 	if st.Quarantined != 2 || st.Items != 2 {
 		t.Errorf("stats %+v, want 2 quarantined and the 2 good items", st)
 	}
-	q, err := s.stream.GetLastMsgForSubject(ctx, s.subject+".quar."+garbageID)
+	q, err := s.stream.GetLastMsgForSubject(ctx, s.quarSubject(garbageID))
 	if err != nil {
 		t.Fatalf("quarantined record: %v", err)
 	}
 	if !bytes.HasPrefix(q.Data, []byte("hmq1\xff")) || q.Header.Get("Hamail-Quarantine-Reason") == "" || q.Header.Get("Hamail-Quarantine-Subject") != s.readySubject(garbageID) {
 		t.Errorf("quarantine keeps %q with headers %v", q.Data, q.Header)
+	}
+	// A quarantined item is gone: its key is free for a new message.
+	again, err := s.Enqueue(ctx, &queue.Message{Key: "order-9", Envelope: testEnvelope(9), Body: strings.NewReader(testBody)})
+	if err != nil || again == garbageID {
+		t.Fatalf("enqueue with the key of a quarantined item: %s, %v; want a new item", again, err)
 	}
 	// Set aside for good: the next leases neither return nor report them.
 	for _, it := range leased {
@@ -81,8 +90,8 @@ func TestCorruptRecordQuarantined(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if items, err := s.Lease(ctx, 10, time.Minute); err != nil || len(items) != 0 {
-		t.Errorf("lease after quarantine: %v, %v; want nothing", ids(items), err)
+	if items, err := s.Lease(ctx, 10, time.Minute); err != nil || len(items) != 1 || items[0].ID != again {
+		t.Errorf("lease after quarantine: %v, %v; want only %s", ids(items), err, again)
 	}
 }
 
