@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/hamail/hamail/internal/syncbuf"
 )
 
 func TestSASLClients(t *testing.T) {
@@ -99,7 +101,7 @@ func TestOAuthRefusedTokenEndToEnd(t *testing.T) {
 				got <- lines
 			}()
 			b := server(t, nil)
-			var tr syncBuffer
+			var tr syncbuf.Buffer
 			c := newTestClient(t, &Options{
 				Relays: []Relay{
 					{Name: "provider", Addr: ln.Addr().String(), Priority: 1, TLS: TLSNone, AllowInsecureAuth: true,

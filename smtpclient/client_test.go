@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/hamail/hamail/internal/faultproxy"
 	"github.com/hamail/hamail/internal/smtptest"
+	"github.com/hamail/hamail/internal/syncbuf"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -65,12 +66,12 @@ func mustSend(t *testing.T, c *Client, m *Message) *Result {
 func TestSendThroughRelay(t *testing.T) {
 	t.Parallel()
 	srv := server(t, nil)
-	var transcript bytes.Buffer
-	var mu sync.Mutex
+	var transcript syncbuf.Buffer
+	var mu sync.Mutex // guards tlsSeen
 	var tlsSeen int
 	c := newTestClient(t, &Options{
 		Relays:     []Relay{{Name: "relay1", Addr: srv.Addr(), TLS: TLSVerify, TLSConfig: srv.ClientTLSConfig("")}},
-		Transcript: lockedWriter{&mu, &transcript},
+		Transcript: &transcript,
 		Hooks:      &Hooks{TLS: func(HostInfo, tls.ConnectionState) { mu.Lock(); tlsSeen++; mu.Unlock() }},
 	})
 	m := testMessage("bob@example.com", "carol@example.net")
@@ -106,17 +107,6 @@ func TestSendThroughRelay(t *testing.T) {
 	if tlsSeen != 1 || !strings.Contains(transcript.String(), "relay1 C: RCPT TO:<carol@example.net>") {
 		t.Fatalf("tls hooks %d, transcript:\n%s", tlsSeen, transcript.String())
 	}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
-}
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
 }
 
 func twoRelays(a, b string) []Relay {
@@ -361,20 +351,17 @@ func TestAuth(t *testing.T) {
 			caps.Auth = []string{"PLAIN", "LOGIN"}
 			caps.AuthTLSOnly = true
 			a := server(t, &caps)
-			var buf bytes.Buffer
-			var mu sync.Mutex
+			var buf syncbuf.Buffer
 			au := *auth
 			au.Mechanism = mech
 			c := newTestClient(t, &Options{
 				Relays:     []Relay{{Name: "a", Addr: a.Addr(), Auth: &au, TLS: TLSVerify, TLSConfig: a.ClientTLSConfig("")}},
-				Transcript: lockedWriter{&mu, &buf},
+				Transcript: &buf,
 			})
 			rr := mustSend(t, c, testMessage("bob@example.com")).Recipients[0]
 			if rr.Outcome != Delivered || a.Messages()[0].AuthUser != "alice" || a.Messages()[0].TLS == nil {
 				t.Fatalf("%+v", rr)
 			}
-			mu.Lock()
-			defer mu.Unlock()
 			tr := buf.String()
 			if !strings.Contains(tr, "AUTH") || strings.Contains(tr, "s3cret") || strings.Contains(tr, "czNjcmV0") {
 				t.Fatalf("transcript shows credentials or no AUTH:\n%s", tr)

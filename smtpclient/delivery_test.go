@@ -16,6 +16,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/hamail/hamail/internal/smtptest"
+	"github.com/hamail/hamail/internal/syncbuf"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -120,7 +121,7 @@ func TestConnectTimeout(t *testing.T) {
 		<-ctx.Done()
 		return nil, &net.OpError{Op: "dial", Net: network, Err: ctx.Err()}
 	})
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	tm := testTimeouts
 	tm.Connect = time.Second
 	c := newTestClient(t, &Options{
@@ -149,23 +150,6 @@ type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
 func (f dialFunc) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	return f(ctx, network, addr)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestStalledRelayDataBlockTimeout: a relay that stops reading the body

@@ -12,13 +12,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
 	"github.com/hamail/hamail/internal/dnstest"
 	"github.com/hamail/hamail/internal/smtptest"
+	"github.com/hamail/hamail/internal/syncbuf"
 )
 
 // relay starts an smtptest relay that offers STARTTLS and AUTH PLAIN only
@@ -345,9 +345,9 @@ func TestQueueModeThenRun(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan int, 1)
-	var runErr bytes.Buffer
+	var runErr syncbuf.Buffer
 	go func() {
-		done <- run(ctx, []string{"-queue", dir, "-run"}, env(environ), strings.NewReader(""), io.Discard, &syncWriter{w: &runErr})
+		done <- run(ctx, []string{"-queue", dir, "-run"}, env(environ), strings.NewReader(""), io.Discard, &runErr)
 	}()
 	m := waitOne(t, srv)
 	if got, want := rcptAddrs(m), []string{"ops@example.org", "hidden@example.org"}; !slices.Equal(got, want) || m.From != "cron@host.example.org" {
@@ -410,18 +410,6 @@ func TestQueueDirUnwritableExits75(t *testing.T) {
 	if r.code != exTempFail {
 		t.Fatalf("exit %d, want 75; stderr: %s", r.code, r.stderr)
 	}
-}
-
-// syncWriter serializes writes from the logger's goroutines.
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
 }
 
 func TestDSNOptions(t *testing.T) {

@@ -17,12 +17,12 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/hamail/hamail/health"
 	"github.com/hamail/hamail/imapfailover"
+	"github.com/hamail/hamail/internal/syncbuf"
 )
 
 // Exit statuses.
@@ -195,7 +195,8 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) int 
 	if cfg.verbose {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(&lockedWriter{w: stderr}, &slog.HandlerOptions{Level: level}))
+	// Records come from several goroutines; the caller may share stderr.
+	log := slog.New(slog.NewTextHandler(syncbuf.NewWriter(stderr), &slog.HandlerOptions{Level: level}))
 
 	var tlsConfig *tls.Config
 	if cfg.tlsMode != imapfailover.TLSNone && (cfg.caFile != "" || cfg.serverName != "") {
@@ -438,17 +439,4 @@ func (p *poster) once(ctx context.Context, rec *record, line []byte) error {
 		return fmt.Errorf("server answered %s", resp.Status)
 	}
 	return nil
-}
-
-// lockedWriter serialises writes of log records to a writer the caller
-// may share.
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hamail/hamail/internal/imaptest"
+	"github.com/hamail/hamail/internal/syncbuf"
 )
 
 // lines collects what mailwatch writes to stdout, one JSON record a line.
@@ -78,24 +79,6 @@ func (l *lines) wait(n int) []record {
 	}
 }
 
-// safeBuffer is stderr shared by mailwatch's logger and the test.
-type safeBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *safeBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *safeBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func message(n int) []byte {
 	return fmt.Appendf(nil, "From: Shop <orders@example.org>\r\nTo: alice@example.org\r\nSubject: order %d\r\n"+
 		"Message-ID: <order-%d@example.org>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nOrder %d.\r\n", n, n, n)
@@ -115,7 +98,7 @@ func appendMessages(t *testing.T, s *imaptest.Set, from, to int) {
 func start(t *testing.T, args []string, env []string, stdout io.Writer) (stop func() int) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
-	stderr := &safeBuffer{}
+	stderr := &syncbuf.Buffer{}
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, args, env, stdout, stderr) }()
 	var once sync.Once
@@ -263,7 +246,7 @@ func TestPostRetriedUntilAccepted(t *testing.T) {
 	// The first POST fails: the message must still be delivered, once,
 	// before the next one.
 	appendMessages(t, s, 1, 2)
-	var stdout safeBuffer
+	var stdout syncbuf.Buffer
 	stop := start(t, watchArgs(s, t.TempDir(), "-existing", "-url", srv.URL, "-password-file", pwFile, "-retry-min", "20ms", "-body"), nil, &stdout)
 	for range 2 {
 		select {
@@ -309,7 +292,7 @@ func TestConfigErrors(t *testing.T) {
 		{"missing password file", []string{"-replicas", "127.0.0.1:1", "-user", "a", "-password-file", "/nonexistent/pw"}, nil, "-password-file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var stderr safeBuffer
+			var stderr syncbuf.Buffer
 			code := run(t.Context(), tc.args, tc.env, io.Discard, &stderr)
 			if code != exitUsage {
 				t.Errorf("exit status %d, want %d", code, exitUsage)
@@ -447,7 +430,7 @@ func TestImplicitTLSTrustsTheGivenCA(t *testing.T) {
 	stop()
 
 	// Without the CA the certificate is not trusted and nothing is read.
-	var stderr safeBuffer
+	var stderr syncbuf.Buffer
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	bad := newLines(t)

@@ -2,7 +2,6 @@ package smtpwire
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -11,7 +10,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/hamail/hamail/internal/smtptest"
+	"github.com/hamail/hamail/internal/syncbuf"
 )
 
 func testCtx(t testing.TB) context.Context {
@@ -26,24 +25,6 @@ func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// syncBuffer is a transcript safe to read while the connection writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func connect(t testing.TB, addr string, opts *Options) *Conn {
@@ -107,7 +88,7 @@ func TestSendPipelinedAndLockstep(t *testing.T) {
 		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
 			t.Parallel()
 			s := smtptest.NewServer(t, &smtptest.Options{Capabilities: capsWith(pipelining)})
-			var tr syncBuffer
+			var tr syncbuf.Buffer
 			c := connect(t, s.Addr(), &Options{Transcript: &tr})
 			body := "Subject: test\n\n.hidden dot\nlast line without newline"
 			res, err := c.Send(testCtx(t), "sender@example.org",
@@ -455,7 +436,7 @@ func TestStartTLSAuthAndTranscript(t *testing.T) {
 	caps.AuthTLSOnly = true
 	s := smtptest.NewServer(t, &smtptest.Options{Capabilities: &caps, Users: map[string]string{"alice": "s3cret-pw"}})
 	for _, mech := range []sasl.Client{sasl.NewPlainClient("", "alice", "s3cret-pw"), sasl.NewLoginClient("alice", "s3cret-pw")} {
-		var tr syncBuffer
+		var tr syncbuf.Buffer
 		c := connect(t, s.Addr(), &Options{Transcript: &tr})
 		ctx := testCtx(t)
 		if err := c.Hello(ctx); err != nil {
@@ -902,7 +883,7 @@ func TestMailRefusedStopsPipelinedGroups(t *testing.T) {
 	t.Parallel()
 	s := smtptest.NewServer(t, nil)
 	s.SetFault(smtptest.StageMail, smtptest.Reply(550, smtp.EnhancedCode{5, 7, 1}, "sender refused"))
-	var tr syncBuffer
+	var tr syncbuf.Buffer
 	c := connect(t, s.Addr(), &Options{Transcript: &tr})
 	var addrs []string
 	for i := range 250 {
@@ -941,7 +922,7 @@ func TestResetNext(t *testing.T) {
 		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
 			t.Parallel()
 			s := smtptest.NewServer(t, &smtptest.Options{Capabilities: capsWith(pipelining)})
-			var tr syncBuffer
+			var tr syncbuf.Buffer
 			c := connect(t, s.Addr(), &Options{Transcript: &tr})
 			ctx := testCtx(t)
 			for range 3 {
