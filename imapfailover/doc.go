@@ -12,7 +12,8 @@
 // [Options.MaxLineLength] and by its context.
 //
 // A [Mailbox] keeps per-mailbox state in a [StateStore] ([FileStore] is
-// durable: temporary file, fsync, rename; [MemoryStore] is not): the
+// durable: a snapshot written to a temporary file, fsynced and renamed,
+// and an fsynced journal of changes since; [MemoryStore] is not): the
 // UIDVALIDITY, the highest UID handled, the HIGHESTMODSEQ per replica and
 // a fingerprint of every known message. Each (re)connection resyncs
 // (RFC 4549 §4): new messages by an explicit UID range above the last
