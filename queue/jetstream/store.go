@@ -1005,6 +1005,9 @@ func (s *Store) latest(ctx context.Context, id string) (*natsjs.RawStreamMsg, *r
 		return nil, nil, nil, err
 	}
 	rec, body, err := decodeRecord(raw.Data)
+	if err == nil && rec.ID != id {
+		err = fmt.Errorf("%w: record of %s on the subject of %s", errBadRecord, rec.ID, id)
+	}
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("%w: %v", queue.ErrCorrupt, err)
 	}
@@ -1117,6 +1120,7 @@ func (s *Store) List(ctx context.Context, after string, limit int) ([]*queue.Ite
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
 	var out []*queue.Item
+	var corrupt []string
 	for _, id := range ids {
 		if limit > 0 && len(out) >= limit {
 			break
@@ -1125,10 +1129,18 @@ func (s *Store) List(ctx context.Context, after string, limit int) ([]*queue.Ite
 		if errors.Is(err, queue.ErrNotFound) {
 			continue // completed meanwhile
 		}
+		if errors.Is(err, queue.ErrCorrupt) {
+			// Listed past, as Lease does; Lease quarantines it.
+			corrupt = append(corrupt, id)
+			continue
+		}
 		if err != nil {
 			return out, &queue.Error{Op: "list", ID: id, Err: err}
 		}
 		out = append(out, it)
+	}
+	if len(corrupt) > 0 {
+		return out, &queue.Error{Op: "list", ID: strings.Join(corrupt, ","), Err: fmt.Errorf("%w: %s", queue.ErrCorrupt, strings.Join(corrupt, ", "))}
 	}
 	return out, nil
 }

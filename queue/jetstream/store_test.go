@@ -41,6 +41,14 @@ func TestCorruptRecordQuarantined(t *testing.T) {
 	if _, err := s.Inspect(ctx, garbageID); !errors.Is(err, queue.ErrCorrupt) {
 		t.Errorf("Inspect of an undecodable record: %v, want ErrCorrupt", err)
 	}
+	// List goes past it, and names it.
+	listed, err := s.List(ctx, "", 0)
+	if !errors.Is(err, queue.ErrCorrupt) || !strings.Contains(err.Error(), garbageID) || !strings.Contains(err.Error(), misfiledID) {
+		t.Errorf("List over undecodable records: %v, want ErrCorrupt naming %s and %s", err, garbageID, misfiledID)
+	}
+	if got := ids(listed); len(got) != 2 || got[0] != good[0] || got[1] != good[1] {
+		t.Errorf("List returned %v beside the undecodable records, want %v", got, good)
+	}
 
 	var leased []*queue.Item
 	var corruptErr error
