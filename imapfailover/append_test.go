@@ -88,8 +88,8 @@ func TestAppendBlackHoleRetriedOnNextReplica(t *testing.T) {
 	var log hookLog
 	p := newTestPool(t, s, func(o *Options) {
 		o.Replicas[0].Addr = proxy.Addr()
-		o.CommandTimeout = 300 * time.Millisecond
-		o.DialTimeout = 300 * time.Millisecond
+		o.CommandTimeout = time.Second
+		o.DialTimeout = time.Second
 		o.Hooks = log.hooks()
 	})
 	// Warm a pooled connection, then let the network swallow everything.

@@ -84,7 +84,7 @@ func scriptedPool(t *testing.T, addr string, mod func(*Options)) *Pool {
 	o := &Options{
 		Replicas:       []Replica{{Name: "hostile", Addr: addr, TLS: TLSNone, Username: "alice", Password: "secret"}},
 		CommandTimeout: 200 * time.Millisecond,
-		DialTimeout:    500 * time.Millisecond,
+		DialTimeout:    5 * time.Second, // generous: only the greeting test waits for it
 	}
 	if mod != nil {
 		mod(o)
@@ -131,7 +131,7 @@ func TestSilentServerTimesOut(t *testing.T) {
 func TestSilentGreetingTimesOut(t *testing.T) {
 	t.Parallel()
 	addr := scriptedServer(t, false, nil)
-	p := scriptedPool(t, addr, nil)
+	p := scriptedPool(t, addr, func(o *Options) { o.DialTimeout = 300 * time.Millisecond })
 	err := runBounded(t, func() error { return p.Do(t.Context(), Repeatable, noop) })
 	var e *Error
 	if !errors.Is(err, ErrNoReplica) || !errors.Is(err, ErrTimeout) || !errors.As(err, &e) {
