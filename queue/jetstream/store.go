@@ -482,6 +482,10 @@ func (s *Store) enqueueKeyed(ctx context.Context, rec *record, body []byte) (str
 				// way, failed, or the item completed.
 				if last.Sequence != waitSeq {
 					waitSeq, waitSince = last.Sequence, time.Now()
+					if _, err := s.lastOf(ctx, s.quarSubject(claimed)); err == nil {
+						// Quarantined: gone for good, no need to wait.
+						waitSince = time.Time{}
+					}
 				}
 				if claimed != rec.ID && time.Since(waitSince) < claimPatience && last.Time.After(time.Now().Add(-claimPatience)) {
 					if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
