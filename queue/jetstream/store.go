@@ -980,8 +980,12 @@ func (s *Store) SweepBodies(ctx context.Context, minAge time.Duration) (int, err
 		if now.Sub(info.ModTime) < minAge || !validToken(info.Name) {
 			continue
 		}
-		// Any version, in the queue or in quarantine, keeps its body.
+		// A queued item keeps its body, and so does a quarantined one,
+		// for whoever looks into it.
 		_, err := s.lastOf(ctx, s.itemSubjects(info.Name))
+		if errors.Is(err, natsjs.ErrMsgNotFound) {
+			_, err = s.lastOf(ctx, s.quarSubject(info.Name))
+		}
 		if err == nil {
 			continue
 		}

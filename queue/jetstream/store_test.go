@@ -381,6 +381,14 @@ func TestSweepBodies(t *testing.T) {
 	if _, err := s.bodies.PutBytes(ctx, orphan, big); err != nil {
 		t.Fatal(err)
 	}
+	// The body of an item set aside in quarantine stays for inspection.
+	const quarantined = "quarantined000000000"
+	if _, err := s.bodies.PutBytes(ctx, quarantined, big); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.js.Publish(ctx, s.quarSubject(quarantined), []byte("hmq1 damaged")); err != nil {
+		t.Fatal(err)
+	}
 	if got, err := s.SweepBodies(ctx, 0); err != nil || got != 0 {
 		t.Fatalf("sweep of young objects deleted %d, %v; want none", got, err)
 	}
@@ -395,6 +403,9 @@ func TestSweepBodies(t *testing.T) {
 	}
 	if _, err := s.bodies.GetInfo(ctx, orphan); !errors.Is(err, natsjs.ErrObjectNotFound) {
 		t.Errorf("orphan body after the sweep: %v", err)
+	}
+	if _, err := s.bodies.GetInfo(ctx, quarantined); err != nil {
+		t.Errorf("body of a quarantined item after the sweep: %v", err)
 	}
 	if b, err := s.Body(ctx, kept); err != nil || b.Size() != int64(len(big)) {
 		t.Errorf("body of a queued item after the sweep: %v", err)
