@@ -252,3 +252,54 @@ func TestResyncBrokenHalfWayLosesNothing(t *testing.T) {
 		t.Fatalf("expunged %v, flag changes %+v, report %+v", expunged, flagged, rep)
 	}
 }
+
+// Every replica down: Watch keeps trying and resumes when one is back,
+// losing nothing that arrived meanwhile.
+func TestWatchSurvivesAllReplicasDown(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, nil)
+	p := newTestPool(t, s, nil)
+	mb := p.Mailbox("INBOX", nil)
+	rec := newRecorder()
+	stop := runWatch(t, mb, rec.handle)
+	waitState(t, mb)
+	appendN(t, s, 1, 1)
+	rec.waitFor(t, 1, 10*time.Second)
+	for _, r := range s.Replicas() {
+		if err := r.Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendN(t, s, 2, 3)
+	if err := s.Replica(1).Start(); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitFor(t, 3, 10*time.Second)
+	if err := stop(); !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	rec.assertExactlyOnce(t, 1, 3)
+}
+
+// Closing the pool ends a running Watch with ErrClosed.
+func TestPoolCloseEndsWatch(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, nil)
+	p := newTestPool(t, s, nil)
+	mb := p.Mailbox("INBOX", nil)
+	done := make(chan error, 1)
+	go func() { done <- mb.Watch(t.Context(), newRecorder().handle) }()
+	waitState(t, mb)
+	p.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("Watch returned %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Watch still running after Close")
+	}
+	if st := p.Stats(); st.Open != 0 {
+		t.Fatalf("connections left open: %+v", st)
+	}
+}
