@@ -1,37 +1,19 @@
 package health_test
 
 import (
-	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/hamail/hamail/health"
+	"github.com/hamail/hamail/internal/syncbuf"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestLogging: changes are logged with the target and the cause, downs at
 // warning level; credentials never appear.
 func TestLogging(t *testing.T) {
 	t.Parallel()
-	var buf syncBuffer
+	var buf syncbuf.Buffer
 	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	c := health.New(&health.Options{Rise: 1, Fall: 1, Logger: logger})
 	mustAdd(t, c, health.Target{Name: "imap1", Address: "192.0.2.1:143", Kind: health.ProbeIMAP,
