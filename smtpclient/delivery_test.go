@@ -170,7 +170,7 @@ func TestStalledRelayDataBlockTimeout(t *testing.T) {
 	const size = 80 * 150_000 // whole lines, so the size arrives unchanged; three times the usual Linux maximum send buffer
 	m := &Message{From: "sender@example.org", To: []Recipient{{Addr: "bob@example.com"}}, Size: size,
 		Open: func() (io.ReadCloser, error) {
-			return io.NopCloser(io.LimitReader(&repeatReader{s: line}, size)), nil
+			return io.NopCloser(smtptest.RepeatedBody(line, size)), nil
 		}}
 	rr := mustSend(t, c, m).Recipients[0]
 	if rr.Outcome != Delivered || rr.Host != "secondary" || rr.Attempts != 2 {
@@ -185,22 +185,6 @@ func TestStalledRelayDataBlockTimeout(t *testing.T) {
 	if st := c.br.state("primary"); st != gobreaker.StateOpen {
 		t.Fatalf("a stalled relay left the breaker %v", st)
 	}
-}
-
-// repeatReader repeats s forever.
-type repeatReader struct {
-	s   string
-	off int
-}
-
-func (r *repeatReader) Read(p []byte) (int, error) {
-	n := 0
-	for n < len(p) {
-		k := copy(p[n:], r.s[r.off:])
-		n += k
-		r.off = (r.off + k) % len(r.s)
-	}
-	return n, nil
 }
 
 func TestSTARTTLSStrippedUnderVerify(t *testing.T) {

@@ -90,7 +90,7 @@ func BenchmarkSendLarge(b *testing.B) {
 	b.SetBytes(size)
 	b.ReportAllocs()
 	for b.Loop() {
-		body := io.LimitReader(&repeatReader{s: line}, size)
+		body := smtptest.RepeatedBody(line, size)
 		if _, err := c.Send(ctx, "sender@example.org", nil, rc, body); err != nil {
 			b.Fatal(err)
 		}

@@ -649,7 +649,7 @@ func TestLargeBodyStreams(t *testing.T) {
 	c := connect(t, s.Addr(), nil)
 	const size = 80 * 100000
 	line := strings.Repeat("y", 78) + "\r\n"
-	body := io.LimitReader(&repeatReader{s: line}, size)
+	body := smtptest.RepeatedBody(line, size)
 	res, err := c.Send(testCtx(t), "s@example.org", nil, rcpts("a@example.net"), body)
 	if err != nil {
 		t.Fatal(err)
@@ -661,21 +661,6 @@ func TestLargeBodyStreams(t *testing.T) {
 	if msgs[0].Size != size || res.BodyBytes != size+3 {
 		t.Errorf("server got %d bytes, client wrote %d", msgs[0].Size, res.BodyBytes)
 	}
-}
-
-type repeatReader struct {
-	s   string
-	off int
-}
-
-func (r *repeatReader) Read(p []byte) (int, error) {
-	n := 0
-	for n < len(p) {
-		c := copy(p[n:], r.s[r.off:])
-		n += c
-		r.off = (r.off + c) % len(r.s)
-	}
-	return n, nil
 }
 
 // scripted runs handler on one connection to a loopback listener.
@@ -908,7 +893,7 @@ func TestStalledServerDataBlockTimeout(t *testing.T) {
 	s := smtptest.NewServer(t, &smtptest.Options{DiscardBodies: true})
 	s.SetFault(smtptest.StageBody, smtptest.Fault{Delay: time.Hour})
 	c := connect(t, s.Addr(), &Options{Timeouts: Timeouts{DataBlock: 200 * time.Millisecond}})
-	body := io.LimitReader(&repeatReader{s: strings.Repeat("w", 78) + "\r\n"}, 256<<20)
+	body := smtptest.RepeatedBody(strings.Repeat("w", 78)+"\r\n", 256<<20)
 	_, err := c.Send(testCtx(t), "s@example.org", nil, rcpts("a@example.net"), body)
 	ce := wantConnErr(t, err, StageBody)
 	if !ce.Timeout() || errors.Is(err, ErrUnknownAfterDot) {
@@ -1052,7 +1037,7 @@ func TestCancelDuringBody(t *testing.T) {
 	ctx, cancel := context.WithCancel(testCtx(t))
 	defer cancel()
 	// Cancel once the client is well into the body.
-	body := &cancelReader{r: io.LimitReader(&repeatReader{s: strings.Repeat("v", 78) + "\r\n"}, 256<<20), after: 1 << 20, cancel: cancel}
+	body := &cancelReader{r: smtptest.RepeatedBody(strings.Repeat("v", 78)+"\r\n", 256<<20), after: 1 << 20, cancel: cancel}
 	_, err := c.Send(ctx, "s@example.org", nil, rcpts("a@example.net"), body)
 	if !errors.Is(err, context.Canceled) || errors.Is(err, ErrUnknownAfterDot) {
 		t.Fatalf("got %v, want a cancelled body", err)
