@@ -258,7 +258,8 @@ func benchResync(b *testing.B, addr, user, pass string, change func(i int), flag
 
 // BenchmarkStateStore measures making one handled message durable in the
 // state of a 100,000-message mailbox: a journal record against rewriting
-// the whole state, the cost each message paid before journals.
+// the whole state, the cost each message paid before journals; and
+// loading that state, which a process pays once when it starts.
 func BenchmarkStateStore(b *testing.B) {
 	const size = 100_000
 	st := &MailboxState{Mailbox: "INBOX", UIDValidity: 1, LastUID: size, Messages: make(map[imap.UID]KnownMessage, size)}
@@ -281,6 +282,17 @@ func BenchmarkStateStore(b *testing.B) {
 				uid++
 				cur.Apply(StateChange{UIDValidity: 1, LastUID: uid, Set: map[imap.UID]KnownMessage{uid: KnownMessage{Fingerprint: uint64(uid)}}})
 				if err := s.Save(ctx, "INBOX", cur); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(tc.name+"/load", func(b *testing.B) {
+			s := tc.store()
+			if err := s.Save(ctx, "INBOX", st); err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				if got, err := s.Load(ctx, "INBOX"); err != nil || len(got.Messages) != size {
 					b.Fatal(err)
 				}
 			}

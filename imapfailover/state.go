@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"net/url"
 	"os"
@@ -413,14 +414,14 @@ func replayJournal(st *MailboxState, id string, b []byte) (int, error) {
 		b = b[i+1:]
 		lines++
 		var r struct {
-			Snapshot    string            `json:"snapshot"`
-			UIDValidity uint32            `json:"uidvalidity"`
-			LastUID     uint32            `json:"last_uid"`
-			Set         []json.RawMessage `json:"set"`
-			Forget      []uint32          `json:"forget"`
-			Found       []string          `json:"found"`
-			Replica     string            `json:"replica"`
-			ModSeq      uint64            `json:"modseq"`
+			Snapshot    string   `json:"snapshot"`
+			UIDValidity uint32   `json:"uidvalidity"`
+			LastUID     uint32   `json:"last_uid"`
+			Set         [][]any  `json:"set"`
+			Forget      []uint32 `json:"forget"`
+			Found       []string `json:"found"`
+			Replica     string   `json:"replica"`
+			ModSeq      uint64   `json:"modseq"`
 		}
 		if err := json.Unmarshal(line, &r); err != nil {
 			return 0, fmt.Errorf("%w: journal line %d: %w", ErrBadState, lines, err)
@@ -468,37 +469,37 @@ func messageRows(msgs map[imap.UID]KnownMessage) [][]any {
 }
 
 // decodeRows parses rows written by messageRows.
-func decodeRows(rows []json.RawMessage) (map[imap.UID]KnownMessage, error) {
+func decodeRows(rows [][]any) (map[imap.UID]KnownMessage, error) {
 	out := make(map[imap.UID]KnownMessage, len(rows))
-	for i, raw := range rows {
-		var row []json.RawMessage
-		if err := json.Unmarshal(raw, &row); err != nil || len(row) < 2 || len(row) > 3 {
+	for i, row := range rows {
+		if len(row) < 2 || len(row) > 3 {
 			return nil, fmt.Errorf("%w: message %d", ErrBadState, i)
 		}
-		var uid uint32
-		var fp string
-		if err := json.Unmarshal(row[0], &uid); err != nil || uid == 0 {
+		n, ok := row[0].(float64)
+		if !ok || n < 1 || n > math.MaxUint32 || n != math.Trunc(n) {
 			return nil, fmt.Errorf("%w: message %d: bad UID", ErrBadState, i)
 		}
-		if err := json.Unmarshal(row[1], &fp); err != nil {
+		uid := imap.UID(n)
+		fp, ok := row[1].(string)
+		if !ok {
 			return nil, fmt.Errorf("%w: message %d: bad fingerprint", ErrBadState, i)
 		}
-		n, err := strconv.ParseUint(fp, 16, 64)
+		v, err := strconv.ParseUint(fp, 16, 64)
 		if err != nil {
 			return nil, fmt.Errorf("%w: message %d: bad fingerprint", ErrBadState, i)
 		}
-		m := KnownMessage{Fingerprint: n}
+		m := KnownMessage{Fingerprint: v}
 		if len(row) == 3 {
-			var fl string
-			if err := json.Unmarshal(row[2], &fl); err != nil {
+			fl, ok := row[2].(string)
+			if !ok {
 				return nil, fmt.Errorf("%w: message %d: bad flags", ErrBadState, i)
 			}
 			m.Flags = splitFlags(fl)
 		}
-		if _, dup := out[imap.UID(uid)]; dup {
+		if _, dup := out[uid]; dup {
 			return nil, fmt.Errorf("%w: UID %d twice", ErrBadState, uid)
 		}
-		out[imap.UID(uid)] = m
+		out[uid] = m
 	}
 	return out, nil
 }
@@ -606,7 +607,7 @@ func decodeState(b []byte) (*MailboxState, string, error) {
 		UIDValidity uint32            `json:"uidvalidity"`
 		LastUID     uint32            `json:"last_uid"`
 		ModSeq      map[string]uint64 `json:"modseq"`
-		Messages    []json.RawMessage `json:"messages"`
+		Messages    [][]any           `json:"messages"`
 		Missing     []string          `json:"missing"`
 		Snapshot    string            `json:"snapshot"`
 	}
