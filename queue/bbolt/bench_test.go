@@ -46,6 +46,47 @@ func benchMessage(body []byte) *queue.Message {
 	}
 }
 
+// openBench opens a store in a fresh directory and measures the raw
+// write+fsync rate of the disk it lies on, the baseline its numbers are
+// reported against.
+func openBench(b *testing.B) (s *bbolt.Store, dir string, raw float64) {
+	b.Helper()
+	dir = b.TempDir()
+	raw = rawFsyncRate(b, dir)
+	s, err := bbolt.Open(filepath.Join(dir, "queue.db"), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	return s, dir, raw
+}
+
+// enqueueAll enqueues n messages of body from producers goroutines.
+func enqueueAll(ctx context.Context, b *testing.B, s *bbolt.Store, producers, n int, body []byte) {
+	b.Helper()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range producers {
+		wg.Go(func() {
+			for next.Add(1) <= int64(n) {
+				if _, err := s.Enqueue(ctx, benchMessage(body)); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// report gives rate, in unit, beside the raw fsync rate of the same disk
+// and their ratio (x_raw_fsync).
+func report(b *testing.B, rate float64, unit string, raw float64) {
+	b.ReportMetric(rate, unit)
+	b.ReportMetric(raw, "raw_fsync/s")
+	b.ReportMetric(rate/raw, "x_raw_fsync")
+}
+
 // BenchmarkEnqueue measures durable 4 KiB enqueues with 1 to 256
 // concurrent producers, reported beside the raw write+fsync rate of the
 // same disk measured in the same run, before and after (x_raw_fsync =
@@ -54,37 +95,16 @@ func BenchmarkEnqueue(b *testing.B) {
 	body := bytes.Repeat([]byte("0123456789abcdef"), 256)
 	for _, producers := range []int{1, 16, 64, 256} {
 		b.Run(fmt.Sprintf("producers=%d", producers), func(b *testing.B) {
-			dir := b.TempDir()
-			raw := rawFsyncRate(b, dir)
-			s, err := bbolt.Open(filepath.Join(dir, "queue.db"), nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer s.Close()
-			ctx := context.Background()
-			var next atomic.Int64
-			var wg sync.WaitGroup
+			s, dir, raw := openBench(b)
 			b.ResetTimer()
 			start := time.Now()
-			for range producers {
-				wg.Go(func() {
-					for next.Add(1) <= int64(b.N) {
-						if _, err := s.Enqueue(ctx, benchMessage(body)); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
+			enqueueAll(context.Background(), b, s, producers, b.N, body)
 			rate := float64(b.N) / time.Since(start).Seconds()
 			b.StopTimer()
 			// The disk's rate drifts with the machine's load: take it
 			// before and after, and compare with the mean.
 			raw = (raw + rawFsyncRate(b, dir)) / 2
-			b.ReportMetric(rate, "msgs/s")
-			b.ReportMetric(raw, "raw_fsync/s")
-			b.ReportMetric(rate/raw, "x_raw_fsync")
+			report(b, rate, "msgs/s", raw)
 		})
 	}
 }
@@ -93,27 +113,9 @@ func BenchmarkEnqueue(b *testing.B) {
 // workers lease batches of 16 and complete each item.
 func BenchmarkLeaseComplete(b *testing.B) {
 	body := bytes.Repeat([]byte("0123456789abcdef"), 256)
-	dir := b.TempDir()
-	raw := rawFsyncRate(b, dir)
-	s, err := bbolt.Open(filepath.Join(dir, "queue.db"), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s, _, raw := openBench(b)
 	ctx := context.Background()
-	var fill sync.WaitGroup
-	var next atomic.Int64
-	for range 64 {
-		fill.Go(func() {
-			for next.Add(1) <= int64(b.N) {
-				if _, err := s.Enqueue(ctx, benchMessage(body)); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	}
-	fill.Wait()
+	enqueueAll(ctx, b, s, 64, b.N, body)
 	b.ResetTimer()
 	start := time.Now()
 	var done atomic.Int64
@@ -142,22 +144,14 @@ func BenchmarkLeaseComplete(b *testing.B) {
 	wg.Wait()
 	rate := float64(done.Load()) / time.Since(start).Seconds()
 	b.StopTimer()
-	b.ReportMetric(rate, "items/s")
-	b.ReportMetric(raw, "raw_fsync/s")
-	b.ReportMetric(rate/raw, "x_raw_fsync")
+	report(b, rate, "items/s", raw)
 }
 
 // BenchmarkRunner measures the whole path on the embedded store: enqueue,
 // lease, a deliverer that accepts at once, complete.
 func BenchmarkRunner(b *testing.B) {
 	body := bytes.Repeat([]byte("0123456789abcdef"), 256)
-	dir := b.TempDir()
-	raw := rawFsyncRate(b, dir)
-	s, err := bbolt.Open(filepath.Join(dir, "queue.db"), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s, _, raw := openBench(b)
 	var delivered atomic.Int64
 	all := make(chan struct{})
 	d := queue.DelivererFunc(func(ctx context.Context, dl *queue.Delivery) ([]queue.RecipientResult, error) {
@@ -171,19 +165,7 @@ func BenchmarkRunner(b *testing.B) {
 	b.ResetTimer()
 	start := time.Now()
 	go func() { runDone <- queue.NewRunner(s, d, &queue.RunnerOptions{Concurrency: 64}).Run(ctx) }()
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range 64 {
-		wg.Go(func() {
-			for next.Add(1) <= int64(b.N) {
-				if _, err := s.Enqueue(ctx, benchMessage(body)); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
+	enqueueAll(ctx, b, s, 64, b.N, body)
 	select {
 	case <-all:
 	case <-time.After(5 * time.Minute):
@@ -193,7 +175,5 @@ func BenchmarkRunner(b *testing.B) {
 	b.StopTimer()
 	cancel()
 	<-runDone
-	b.ReportMetric(rate, "msgs/s")
-	b.ReportMetric(raw, "raw_fsync/s")
-	b.ReportMetric(rate/raw, "x_raw_fsync")
+	report(b, rate, "msgs/s", raw)
 }
