@@ -140,13 +140,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	rcpts := []smtpwire.Recipient{{Addr: cfg.To}}
 
 	var (
-		next           atomic.Int64
-		sent, failed   atomic.Int64
-		errOnce        sync.Once
-		firstErr       error
+		tl             = newTally(cfg.Messages)
 		wg             sync.WaitGroup
-		setErr         = func(err error) { errOnce.Do(func() { firstErr = err }) }
-		start          = time.Now()
 		connectFailure atomic.Bool
 	)
 	for range cfg.Conns {
@@ -156,73 +151,68 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			nc, err := cfg.Dialer.DialContext(ctx, "tcp", cfg.Addr)
 			if err != nil {
 				connectFailure.Store(true)
-				setErr(err)
+				tl.setErr(err)
 				return
 			}
 			if cfg.GoSMTP {
-				runGoSMTP(nc, cfg, body, &next, &sent, &failed, setErr)
+				runGoSMTP(nc, cfg, body, tl)
 				return
 			}
 			c, err := smtpwire.NewConn(ctx, nc, &smtpwire.Options{LocalName: cfg.LocalName})
 			if err != nil {
 				connectFailure.Store(true)
-				setErr(err)
+				tl.setErr(err)
 				return
 			}
 			defer c.Close()
 			if err := c.Hello(ctx); err != nil {
-				setErr(err)
+				tl.setErr(err)
 				return
 			}
 			r := bytes.NewReader(body)
-			for first := true; ; first = false {
-				if next.Add(1) > int64(cfg.Messages) {
-					break
-				}
+			for first := true; tl.take(); first = false {
 				if !first {
 					switch cfg.Reset {
 					case ResetPipelined:
 						c.ResetNext()
 					case ResetLockstep:
 						if err := c.Reset(ctx); err != nil {
-							failed.Add(1)
-							setErr(err)
+							tl.fail(err)
 							return
 						}
 					}
 				}
 				r.Reset(body)
 				if _, err := c.Send(ctx, cfg.From, nil, rcpts, r); err != nil {
-					failed.Add(1)
-					setErr(err)
+					tl.fail(err)
 					var ce *smtpwire.ConnError
 					if errors.As(err, &ce) {
 						return
 					}
 					continue
 				}
-				sent.Add(1)
+				tl.sent.Add(1)
 			}
 			c.Quit(ctx)
 		}()
 	}
 	wg.Wait()
-	res := Result{Sent: int(sent.Load()), Failed: int(failed.Load()), Elapsed: time.Since(start), FirstErr: firstErr}
+	res := tl.result()
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
 	if connectFailure.Load() && res.Sent == 0 {
-		return res, fmt.Errorf("loadgen: %w", firstErr)
+		return res, fmt.Errorf("loadgen: %w", res.FirstErr)
 	}
 	return res, nil
 }
 
 // runGoSMTP is one worker using go-smtp's client.
-func runGoSMTP(nc net.Conn, cfg Config, body []byte, next, sent, failed *atomic.Int64, setErr func(error)) {
+func runGoSMTP(nc net.Conn, cfg Config, body []byte, tl *tally) {
 	c := smtp.NewClient(nc)
 	defer c.Close()
 	if err := c.Hello(cfg.LocalName); err != nil {
-		setErr(err)
+		tl.setErr(err)
 		return
 	}
 	send := func() error {
@@ -241,20 +231,18 @@ func runGoSMTP(nc net.Conn, cfg Config, body []byte, next, sent, failed *atomic.
 		}
 		return w.Close()
 	}
-	for first := true; next.Add(1) <= int64(cfg.Messages); first = false {
+	for first := true; tl.take(); first = false {
 		if !first && cfg.Reset != ResetNone {
 			if err := c.Reset(); err != nil {
-				failed.Add(1)
-				setErr(err)
+				tl.fail(err)
 				return
 			}
 		}
 		if err := send(); err != nil {
-			failed.Add(1)
-			setErr(err)
+			tl.fail(err)
 			continue
 		}
-		sent.Add(1)
+		tl.sent.Add(1)
 	}
 	c.Quit()
 }
@@ -273,39 +261,63 @@ func runClient(ctx context.Context, cfg Config, body []byte) (Result, error) {
 	}
 	defer c.Close()
 	r := bytes.NewReader(body)
-	var (
-		next         atomic.Int64
-		sent, failed atomic.Int64
-		errOnce      sync.Once
-		firstErr     error
-		wg           sync.WaitGroup
-		start        = time.Now()
-	)
-	setErr := func(err error) { errOnce.Do(func() { firstErr = err }) }
+	tl := newTally(cfg.Messages)
+	var wg sync.WaitGroup
 	for range cfg.Conns {
 		wg.Go(func() {
-			for next.Add(1) <= int64(cfg.Messages) && ctx.Err() == nil {
+			for tl.take() && ctx.Err() == nil {
 				m := &smtpclient.Message{From: cfg.From, To: []smtpclient.Recipient{{Addr: cfg.To}}, Body: r, Size: int64(len(body))}
 				res, err := c.Send(ctx, m)
 				if err == nil && res.Recipients[0].Outcome != smtpclient.Delivered {
 					err = res.Recipients[0].Err
 				}
 				if err != nil {
-					failed.Add(1)
-					setErr(err)
+					tl.fail(err)
 					continue
 				}
-				sent.Add(1)
+				tl.sent.Add(1)
 			}
 		})
 	}
 	wg.Wait()
-	res := Result{Sent: int(sent.Load()), Failed: int(failed.Load()), Elapsed: time.Since(start), FirstErr: firstErr}
+	res := tl.result()
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
-	if res.Sent == 0 && firstErr != nil {
-		return res, fmt.Errorf("loadgen: %w", firstErr)
+	if res.Sent == 0 && res.FirstErr != nil {
+		return res, fmt.Errorf("loadgen: %w", res.FirstErr)
 	}
 	return res, nil
+}
+
+// tally is what the workers of a run share: which message is next, how
+// many were sent and failed, and the first failure.
+type tally struct {
+	messages     int64
+	start        time.Time
+	next         atomic.Int64
+	sent, failed atomic.Int64
+	once         sync.Once
+	firstErr     error
+}
+
+func newTally(messages int) *tally {
+	return &tally{messages: int64(messages), start: time.Now()}
+}
+
+// take claims the next message; false once all are claimed.
+func (t *tally) take() bool { return t.next.Add(1) <= t.messages }
+
+// fail counts a failed message.
+func (t *tally) fail(err error) {
+	t.failed.Add(1)
+	t.setErr(err)
+}
+
+// setErr keeps err if it is the run's first failure.
+func (t *tally) setErr(err error) { t.once.Do(func() { t.firstErr = err }) }
+
+// result sums the run up; call it once every worker has returned.
+func (t *tally) result() Result {
+	return Result{Sent: int(t.sent.Load()), Failed: int(t.failed.Load()), Elapsed: time.Since(t.start), FirstErr: t.firstErr}
 }

@@ -11,6 +11,21 @@ import (
 	"github.com/hamail/hamail/internal/smtptest"
 )
 
+// waitPipelined waits for n messages on s and checks that each has size
+// octets and came pipelined.
+func waitPipelined(ctx context.Context, t *testing.T, s *smtptest.Server, n int, size int64) {
+	t.Helper()
+	msgs, err := s.WaitMessages(ctx, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		if m.Size != size || !m.Pipelined {
+			t.Fatalf("message size %d pipelined %v", m.Size, m.Pipelined)
+		}
+	}
+}
+
 func TestRunDeliversEveryMessage(t *testing.T) {
 	t.Parallel()
 	for _, reset := range []ResetMode{ResetNone, ResetLockstep, ResetPipelined} {
@@ -24,15 +39,7 @@ func TestRunDeliversEveryMessage(t *testing.T) {
 		if res.Sent != 200 || res.Failed != 0 || res.Rate() <= 0 {
 			t.Fatalf("result %+v", res)
 		}
-		msgs, err := s.WaitMessages(ctx, 200)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range msgs {
-			if m.Size != 1000 || !m.Pipelined {
-				t.Fatalf("message size %d pipelined %v", m.Size, m.Pipelined)
-			}
-		}
+		waitPipelined(ctx, t, s, 200, 1000)
 		st := s.Stats()
 		if st.Connections != 4 || st.EHLO != 4 {
 			t.Errorf("connections not reused: %+v", st)
@@ -141,15 +148,7 @@ func TestRunThroughClient(t *testing.T) {
 	if err != nil || res.Sent != 200 || res.Failed != 0 {
 		t.Fatalf("%+v %v", res, err)
 	}
-	msgs, err := s.WaitMessages(ctx, 200)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range msgs {
-		if m.Size != 1000 || !m.Pipelined {
-			t.Fatalf("message size %d pipelined %v", m.Size, m.Pipelined)
-		}
-	}
+	waitPipelined(ctx, t, s, 200, 1000)
 	if st := s.Stats(); st.Connections > 4 || st.Messages != 200 {
 		t.Errorf("pool not capped at 4 connections or messages lost: %+v", st)
 	}
