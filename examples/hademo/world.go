@@ -75,14 +75,10 @@ func newWorld(replicaLag time.Duration) (w *world, err error) {
 	w.dns.AddSOA(destDomain+".", 60, 60)
 	for i, pref := range []uint16{10, 20, 30} {
 		name := fmt.Sprintf("mx%d.%s", i+1, destDomain)
-		srv, err := smtptest.New(&smtptest.Options{Domain: name})
+		srv, err := w.startSMTP(name)
 		if err != nil {
 			return w, err
 		}
-		if err := srv.Start(); err != nil {
-			return w, err
-		}
-		w.kit.Cleanup(func() { srv.Stop() })
 		proxy, err := faultproxy.Listen(srv.Addr(), &faultproxy.Options{DialTimeout: time.Second})
 		if err != nil {
 			return w, err
@@ -101,14 +97,10 @@ func newWorld(replicaLag time.Duration) (w *world, err error) {
 	}
 	for i := range 2 {
 		name := fmt.Sprintf("relay-%d", i+1)
-		srv, err := smtptest.New(&smtptest.Options{Domain: fmt.Sprintf("relay%d.example.net", i+1)})
+		srv, err := w.startSMTP(fmt.Sprintf("relay%d.example.net", i+1))
 		if err != nil {
 			return w, err
 		}
-		if err := srv.Start(); err != nil {
-			return w, err
-		}
-		w.kit.Cleanup(func() { srv.Stop() })
 		w.relay = append(w.relay, &smtpHost{name: name, role: "fallback relay", srv: srv, dial: srv.Addr()})
 	}
 
@@ -185,6 +177,19 @@ func (n *loopbackNet) DialContext(ctx context.Context, network, addr string) (ne
 		return nil, &net.OpError{Op: "dial", Net: network, Err: fmt.Errorf("%s is outside the demo's loopback network", addr)}
 	}
 	return n.d.DialContext(ctx, network, to)
+}
+
+// startSMTP starts an in-process SMTP server for domain that Close stops.
+func (w *world) startSMTP(domain string) (*smtptest.Server, error) {
+	srv, err := smtptest.New(&smtptest.Options{Domain: domain})
+	if err != nil {
+		return nil, err
+	}
+	if err := srv.Start(); err != nil {
+		return nil, err
+	}
+	w.kit.Cleanup(func() { srv.Stop() })
+	return srv, nil
 }
 
 // kit lets a program use dnstest, whose Start takes a dnstest.TB to report
