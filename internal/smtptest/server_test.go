@@ -50,6 +50,11 @@ func send(c *smtp.Client, from string, to []string, body string) error {
 			return err
 		}
 	}
+	return data(c, body)
+}
+
+// data sends body with DATA once the envelope is given.
+func data(c *smtp.Client, body string) error {
 	w, err := c.Data()
 	if err != nil {
 		return err
@@ -81,12 +86,7 @@ func TestRecordsMessage(t *testing.T) {
 	if err := c.Rcpt("rcpt@example.net", &smtp.RcptOptions{Notify: []smtp.DSNNotify{smtp.DSNNotifyFailure}}); err != nil {
 		t.Fatal(err)
 	}
-	w, err := c.Data()
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.WriteString(w, "Subject: hi\r\n\r\n.leading dot\r\n")
-	if err := w.Close(); err != nil {
+	if err := data(c, "Subject: hi\r\n\r\n.leading dot\r\n"); err != nil {
 		t.Fatal(err)
 	}
 	msgs, err := s.WaitMessages(testCtx(t), 1)
@@ -126,12 +126,7 @@ func TestRcptFaults(t *testing.T) {
 	}
 	wantCode(t, c.Rcpt("busy@example.net", nil), 451, smtp.EnhancedCode{4, 3, 0})
 	wantCode(t, c.Rcpt("third@example.net", nil), 550, smtp.EnhancedCode{5, 1, 1})
-	w, err := c.Data()
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.WriteString(w, "x\r\n")
-	if err := w.Close(); err != nil {
+	if err := data(c, "x\r\n"); err != nil {
 		t.Fatal(err)
 	}
 	msgs, err := s.WaitMessages(testCtx(t), 1)
