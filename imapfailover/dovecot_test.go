@@ -54,10 +54,12 @@ func TestDovecotCondstoreResync(t *testing.T) {
 	}
 	p := dovecotPool(t, nil, dovecotReplica("dovecot1", d, 0))
 	var changes []FlagChange
-	mb := p.Mailbox("INBOX", &MailboxOptions{OnFlags: func(_ context.Context, c []FlagChange) error {
+	store := &MemoryStore{}
+	opts := &MailboxOptions{Store: store, OnFlags: func(_ context.Context, c []FlagChange) error {
 		changes = append(changes, c...)
 		return nil
-	}})
+	}}
+	mb := p.Mailbox("INBOX", opts)
 	rec := newRecorder()
 	rep, err := mb.Sync(t.Context(), rec.handle)
 	if err != nil {
@@ -83,6 +85,20 @@ func TestDovecotCondstoreResync(t *testing.T) {
 		t.Fatalf("idle resync %+v %v", rep, err)
 	}
 	rec.assertExactlyOnce(t, 6, 6)
+
+	// A remembered mod-sequence above the replica's HIGHESTMODSEQ (a
+	// replica restored from a backup) cannot be trusted: every flag is
+	// checked.
+	st, _ = store.Load(t.Context(), "INBOX")
+	st.ModSeq["dovecot1"] = 1 << 40
+	if err := store.Save(t.Context(), "INBOX", st); err != nil {
+		t.Fatal(err)
+	}
+	storeFlags(t, d, imap.UIDSetNum(5), imap.FlagSeen)
+	rep, err = p.Mailbox("INBOX", opts).Sync(t.Context(), rec.handle)
+	if err != nil || rep.FlagCheck != "full" || rep.FlagChanges != 1 || changes[len(changes)-1].UID != 5 {
+		t.Fatalf("after a restored replica: %+v %v", rep, err)
+	}
 }
 
 func TestDovecotPairFailover(t *testing.T) {

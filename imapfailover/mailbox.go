@@ -481,6 +481,12 @@ func (m *Mailbox) resync(ctx context.Context, c *Conn, h Handler) (*SyncReport, 
 		if condstore {
 			since = st.ModSeq[c.Replica()]
 		}
+		if since > sel.HighestModSeq {
+			// Mod-sequences only grow (RFC 7162 §2): this replica was
+			// restored or rebuilt, and what changed since is unknown.
+			// Check every flag.
+			since = 0
+		}
 		if !(condstore && since == sel.HighestModSeq) {
 			rep.FlagCheck = "full"
 			if since > 0 {
