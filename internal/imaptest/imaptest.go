@@ -2,15 +2,9 @@ package imaptest
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"sync"
 	"testing"
@@ -19,6 +13,9 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
+
+	"github.com/hamail/hamail/internal/loopback"
+	"github.com/hamail/hamail/internal/selfsigned"
 )
 
 // Default credentials of the user every replica holds.
@@ -450,6 +447,12 @@ func (r *Replica) Start() error {
 // listen binds addr, retrying for a short bounded time: right after Stop
 // the kernel may still hold the port for a moment.
 func listen(addr string) (net.Listener, error) {
+	// An automatic loopback port is taken outside the kernel's ephemeral
+	// range, so that Stop and Start find it free again: a port from that
+	// range may meanwhile be the local end of any outgoing connection.
+	if host, port, err := net.SplitHostPort(addr); err == nil && port == "0" {
+		return loopback.Listen("tcp", host)
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		ln, err := net.Listen("tcp", addr)
@@ -546,37 +549,16 @@ type discardLogger struct{}
 
 func (discardLogger) Printf(string, ...any) {}
 
-// selfSigned makes a certificate for 127.0.0.1, ::1 and localhost valid for
-// a day, and the client configuration that trusts it.
+// selfSigned makes a certificate for imap.example.org, localhost,
+// 127.0.0.1 and ::1 valid for a day, and the client configuration that
+// trusts it.
 func selfSigned() (server, client *tls.Config, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cert, err := selfsigned.New(&selfsigned.Options{Host: "imap.example.org", CA: true})
 	if err != nil {
 		return nil, nil, err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "imap.example.org"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		DNSNames:              []string{"localhost", "imap.example.org"},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}}}
-	client = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
+	server = &tls.Config{Certificates: []tls.Certificate{cert}}
+	client = &tls.Config{RootCAs: selfsigned.Pool(cert), ServerName: "127.0.0.1"}
 	return server, client, nil
 }
 
