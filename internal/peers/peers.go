@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hamail/hamail/internal/loopback"
 )
 
 // RequireEnv is the environment variable that turns a skip for missing
@@ -71,12 +73,14 @@ func need(t testing.TB, pkg string, names ...string) []string {
 	return paths
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago. A
-// server started on it can still lose a race with another process; callers
-// retry with a new port when the server fails to listen.
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago,
+// outside the kernel's ephemeral range (internal/loopback), so that no
+// outgoing connection takes it while a server that was stopped is started
+// again on it. A server started on it can still lose a race with another
+// process; callers retry with a new port when the server fails to listen.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := loopback.Listen("tcp", "127.0.0.1")
 	if err != nil {
 		t.Fatalf("peers: find a free port: %v", err)
 	}
