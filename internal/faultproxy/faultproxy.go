@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hamail/hamail/internal/loopback"
 )
 
 // Mode is what the proxy does with traffic.
@@ -102,7 +104,10 @@ func Listen(target string, opts *Options) (*Proxy, error) {
 	}
 	p.mode.Store(int32(opts.Mode))
 	p.latency.Store(int64(opts.Latency))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// A port outside the ephemeral range: in Refuse mode the port is
+	// free, and no outgoing connection may take it before the proxy
+	// listens on it again.
+	ln, err := loopback.Listen("tcp", "127.0.0.1")
 	if err != nil {
 		p.cancel()
 		return nil, fmt.Errorf("faultproxy: listen: %w", err)
