@@ -3,6 +3,7 @@ package bbolt
 import (
 	"errors"
 	"fmt"
+	"runtime"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -71,18 +72,7 @@ func (s *Store) loop() {
 			return
 		}
 		batch = append(batch[:0], r)
-	drain:
-		for len(batch) < s.maxBatch {
-			select {
-			case r, ok := <-s.reqs:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, r)
-			default:
-				break drain
-			}
-		}
+		batch = s.gather(batch)
 		s.commit(batch)
 		for _, r := range batch {
 			close(r.done)
@@ -90,6 +80,41 @@ func (s *Store) loop() {
 		clear(batch)
 	}
 }
+
+// gather adds to batch the requests queued now. Callers released by the
+// previous commit are runnable but, on a machine with few cores, most have
+// not yet been scheduled to submit their next request; committing without
+// them would split every round of callers into a small group and a large
+// one, each paying a full commit. So when a drain found something, the
+// loop yields its processor to those runnable goroutines and drains again,
+// until a yield brings nothing new. This is no timed wait: a lone caller
+// costs one yield to an empty run queue.
+func (s *Store) gather(batch []*request) []*request {
+	for i := range maxYields {
+		n := len(batch)
+	drain:
+		for len(batch) < s.maxBatch {
+			select {
+			case r, ok := <-s.reqs:
+				if !ok {
+					return batch
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		if len(batch) >= s.maxBatch || (i > 0 && len(batch) == n) {
+			return batch
+		}
+		runtime.Gosched()
+	}
+	return batch
+}
+
+// maxYields bounds the yields of one gather, so that producers arriving
+// without end cannot hold a commit back.
+const maxYields = 16
 
 func (s *Store) commit(batch []*request) {
 	var dirErr error
