@@ -20,7 +20,10 @@
 //
 //	msgs:   id → record (envelope, recipient states, created, attempts,
 //	        due time, lease token; JSON behind a version and CRC-32C header)
-//	bodies: id → body, for bodies up to Options.InlineBodyMax
+//	bodies: id ‖ be32(n) → chunk n of the body, for bodies up to
+//	        Options.InlineBodyMax; chunks of an eighth of a page, so that
+//	        bodies fill pages instead of each taking whole pages of its
+//	        own (a 4 KiB body stored whole takes two 4 KiB pages)
 //	sched:  be64(due, Unix ns) ‖ id → "L" while leased, else empty
 //	dedup:  caller key → id, while the item is queued
 //	keys:   caller key → be64(until) ‖ id of a completed item, kept for

@@ -87,6 +87,7 @@ type Store struct {
 	maxBatch  int
 	maxSize   int64
 	pageSize  int64
+	chunk     int // octets of an inline body per bodies value
 	keyKeep   time.Duration
 	// groupBytes counts what the enqueues of the group being committed
 	// add, for the MaxSize check; only the commit loop touches it.
@@ -164,6 +165,7 @@ func Open(path string, opts *Options) (*Store, error) {
 	s.maxSize = int64(o.MaxSize)
 	s.keyKeep = o.KeyRetention
 	s.pageSize = int64(db.Info().PageSize)
+	s.chunk = chunkLen(db.Info().PageSize)
 	if err := s.init(); err != nil {
 		_ = db.Close()
 		return nil, &queue.Error{Op: "open", Err: fmt.Errorf("%s: %w", path, err)}
@@ -264,6 +266,82 @@ func schedKey(next int64, id string) []byte {
 	return k
 }
 
+// Inline bodies are stored in chunks of an eighth of a page, under
+// id ‖ be32(chunk number). A bbolt value that does not fit in a page takes
+// pages of its own, rounded up: a 4 KiB body stored whole would take two
+// 4 KiB pages, and every enqueue would write twice its body. Chunks fill
+// pages up (appendFill), so that a commit group writes about what it
+// stores. Bodies stored whole under the bare ID, as an earlier layout did,
+// are still read and deleted.
+const (
+	chunkKeyLen   = 20 + 4 // an ID made by queue.NewID, the chunk number
+	chunkOverhead = chunkKeyLen + 16
+	appendFill    = 1.0
+)
+
+// chunkLen is the largest chunk of which eight, with their keys and leaf
+// element headers, fill a page after its 16-octet header.
+func chunkLen(pageSize int) int {
+	return max((pageSize-16)/8-chunkOverhead, 64)
+}
+
+func chunkKey(id string, n uint32) []byte {
+	return binary.BigEndian.AppendUint32([]byte(id), n)
+}
+
+func putBody(b *bolt.Bucket, id string, body []byte, chunk int) error {
+	for n := uint32(0); len(body) > 0; n++ {
+		c := body[:min(chunk, len(body))]
+		body = body[len(c):]
+		if err := b.Put(chunkKey(id, n), c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// chunkKeys returns the keys of id's chunks, in order.
+func chunkKeys(b *bolt.Bucket, id string) [][]byte {
+	var keys [][]byte
+	c := b.Cursor()
+	for k, _ := c.Seek(chunkKey(id, 0)); len(k) == len(id)+4 && string(k[:len(id)]) == id; k, _ = c.Next() {
+		keys = append(keys, bytes.Clone(k))
+	}
+	return keys
+}
+
+// getBody returns a copy of the inline body of id, size octets long as
+// its record says; a body missing chunks or of another length is
+// queue.ErrCorrupt.
+func getBody(b *bolt.Bucket, id string, size int64) ([]byte, error) {
+	if v := b.Get([]byte(id)); v != nil {
+		return bytes.Clone(v), nil // stored whole
+	}
+	out := make([]byte, 0, min(size, 1<<20))
+	c := b.Cursor()
+	n := uint32(0)
+	for k, v := c.Seek(chunkKey(id, 0)); len(k) == len(id)+4 && string(k[:len(id)]) == id; k, v = c.Next() {
+		if binary.BigEndian.Uint32(k[len(id):]) != n {
+			return nil, fmt.Errorf("%w: body chunk %d missing", queue.ErrCorrupt, n)
+		}
+		out = append(out, v...)
+		n++
+	}
+	return out, nil
+}
+
+func deleteBody(b *bolt.Bucket, id string) error {
+	if err := b.Delete([]byte(id)); err != nil {
+		return err
+	}
+	for _, k := range chunkKeys(b, id) {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // firstDue returns the due time of the first sched entry, 0 if none.
 func firstDue(tx *bolt.Tx) int64 {
 	k, _ := tx.Bucket(bucketSched).Cursor().First()
@@ -340,18 +418,24 @@ func (s *Store) Enqueue(ctx context.Context, msg *queue.Message) (string, error)
 				}
 			}
 			// Record, body, index entries, and their share of page overhead.
-			if s.full(tx, int64(len(value)+len(body)+2*len(msg.Key)+128)) {
+			if s.full(tx, int64(len(value)+len(body)+len(body)/s.chunk*chunkOverhead+2*len(msg.Key)+128)) {
 				return reject(fmt.Errorf("%w: the database holds its maximum size of %d octets", queue.ErrStorageFull, s.maxSize))
 			}
 			result = id
-			if err := tx.Bucket(bucketMsgs).Put([]byte(id), value); err != nil {
+			msgs, sched, bodies := tx.Bucket(bucketMsgs), tx.Bucket(bucketSched), tx.Bucket(bucketBodies)
+			// IDs grow, so enqueues append to the end of these buckets:
+			// fill pages up instead of leaving each split page half
+			// empty for inserts that will not come. (Not sched: leases
+			// and retries put keys after those of new items.)
+			msgs.FillPercent, bodies.FillPercent = appendFill, appendFill
+			if err := msgs.Put([]byte(id), value); err != nil {
 				return err
 			}
-			if err := tx.Bucket(bucketSched).Put(schedKey(rec.Next, id), nil); err != nil {
+			if err := sched.Put(schedKey(rec.Next, id), nil); err != nil {
 				return err
 			}
 			if !spooled {
-				if err := tx.Bucket(bucketBodies).Put([]byte(id), body); err != nil {
+				if err := putBody(bodies, id, body, s.chunk); err != nil {
 					return err
 				}
 			}
@@ -689,7 +773,7 @@ func (s *Store) Complete(ctx context.Context, l queue.Lease) error {
 		if err := tx.Bucket(bucketMsgs).Delete(id); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketBodies).Delete(id); err != nil {
+		if err := deleteBody(tx.Bucket(bucketBodies), l.ID); err != nil {
 			return err
 		}
 		if rec.Key != "" {
@@ -737,7 +821,10 @@ func (s *Store) Body(ctx context.Context, id string) (queue.Body, error) {
 		}
 		spooled, size = rec.Spool, rec.BodySize
 		if !spooled {
-			inline = bytes.Clone(tx.Bucket(bucketBodies).Get([]byte(id)))
+			inline, err = getBody(tx.Bucket(bucketBodies), id, size)
+			if err != nil {
+				return err
+			}
 			// A body of the wrong length would be delivered as a
 			// different message: refuse it.
 			if int64(len(inline)) != size {

@@ -1,7 +1,9 @@
 package bbolt_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -395,10 +397,24 @@ func TestDamagedBodyIsCorrupt(t *testing.T) {
 			}
 		}},
 		{"inline body removed", 0, func(t *testing.T, path, id string) {
-			changeBucket(t, path, "bodies", func(b *bolt.Bucket) error { return b.Delete([]byte(id)) })
+			changeBucket(t, path, "bodies", func(b *bolt.Bucket) error { return deleteChunks(b, id) })
 		}},
 		{"inline body truncated", 0, func(t *testing.T, path, id string) {
-			changeBucket(t, path, "bodies", func(b *bolt.Bucket) error { return b.Put([]byte(id), []byte(body[:7])) })
+			changeBucket(t, path, "bodies", func(b *bolt.Bucket) error {
+				if err := deleteChunks(b, id); err != nil {
+					return err
+				}
+				return b.Put(binary.BigEndian.AppendUint32([]byte(id), 0), []byte(body[:7]))
+			})
+		}},
+		{"inline body chunk missing", 0, func(t *testing.T, path, id string) {
+			// Of the right length, but not chunks 0, 1, ... in order.
+			changeBucket(t, path, "bodies", func(b *bolt.Bucket) error {
+				if err := deleteChunks(b, id); err != nil {
+					return err
+				}
+				return b.Put(binary.BigEndian.AppendUint32([]byte(id), 1), []byte(body))
+			})
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -433,6 +449,67 @@ func TestDamagedBodyIsCorrupt(t *testing.T) {
 			}
 		})
 	}
+}
+
+// deleteChunks removes the stored chunks of id's inline body.
+func deleteChunks(b *bolt.Bucket, id string) error {
+	var keys [][]byte
+	c := b.Cursor()
+	for k, _ := c.Seek([]byte(id)); k != nil && bytes.HasPrefix(k, []byte(id)); k, _ = c.Next() {
+		keys = append(keys, bytes.Clone(k))
+	}
+	if len(keys) == 0 {
+		return fmt.Errorf("no body stored for %s", id)
+	}
+	for _, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// A body stored whole under its ID, as the first layout did, is read and
+// deleted like a chunked one.
+func TestWholeBodyLayout(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "queue.db")
+	s := open(t, path, nil)
+	body := strings.Repeat("Subject: old layout\r\n", 500)
+	id, err := s.Enqueue(ctx, msg("bob@example.net", body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	changeBucket(t, path, "bodies", func(b *bolt.Bucket) error {
+		if err := deleteChunks(b, id); err != nil {
+			return err
+		}
+		return b.Put([]byte(id), []byte(body))
+	})
+	s = open(t, path, nil)
+	if got := readBody(t, s, id); got != body {
+		t.Fatalf("body stored whole read back as %d octets, want %d", len(got), len(body))
+	}
+	items, err := s.Lease(ctx, 1, time.Minute)
+	if err != nil || len(items) != 1 {
+		t.Fatalf("Lease = %d items, %v", len(items), err)
+	}
+	if err := s.Complete(ctx, items[0].Lease); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	changeBucket(t, path, "bodies", func(b *bolt.Bucket) error {
+		if k, _ := b.Cursor().First(); k != nil {
+			return fmt.Errorf("bodies still holds %q after Complete", k)
+		}
+		return nil
+	})
 }
 
 // changeBucket changes a bucket of a closed store's database directly.
