@@ -134,11 +134,19 @@
 // In a network partition the side with a quorum carries on. A Store whose
 // connection lands on the minority side cannot reach the leaders: its
 // Enqueue fails as above, its Lease returns errors or nothing, and the
-// leases it held can be neither renewed, recorded nor completed. After
-// AckWait the majority side hands those items to other runners, so an
-// attempt made on the minority side during the partition may be repeated;
-// no acknowledged item is lost, and nothing the minority side wrote
-// without a quorum was reported as written. Give the client every
+// leases it held can be neither recorded nor completed (a cut-off server
+// that still believes it leads the consumer may confirm renewals until it
+// notices it lost its quorum, so the Store's lease clock is no fence here;
+// the writes are). After AckWait the majority side hands those items to
+// other runners, so an attempt made on the minority side during the
+// partition may be repeated; no acknowledged item is lost, and nothing the
+// minority side wrote without a quorum was reported as written.
+//
+// When a partition heals, the server that was cut off can force the stream
+// and consumer groups into new elections. A lease whose renewal finds no
+// consumer leader before the server's AckWait ends is lost: Record and
+// Complete fail with queue.ErrLeaseLost, and the item is delivered again
+// once AckWait has passed. Give the client every
 // server's URL so that it reconnects to a server of the majority when its
 // own server goes down; a server that is up but cut off keeps its clients
 // until the partition heals.
