@@ -71,6 +71,10 @@
 // believe they hold an item only one writes. If a runner stops between the
 // publish and the acknowledgement, the old version comes back after AckWait,
 // is found not to be the latest, and is dropped: there is no extra attempt.
+// It is dropped only when a newer version is read: the delivered version
+// stays in the stream until it is acknowledged, so a read that misses it
+// is a stale answer (a server that still answers as the stream's leader
+// after a partition healed) and the delivery is handed back instead.
 //
 // Scheduled messages survive restarts and leader changes: they are stream
 // messages, replicated like any other, and the new leader fires them.

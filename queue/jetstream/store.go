@@ -103,6 +103,10 @@ type Store struct {
 	cons    natsjs.Consumer
 	bodies  natsjs.ObjectStore
 	maxBody int // largest inline record+body
+	// getLast reads the last message on a subject; nil means the
+	// stream's GetLastMsgForSubject. Tests replace it to answer as a
+	// deposed leader would.
+	getLast func(ctx context.Context, subj string) (*natsjs.RawStreamMsg, error)
 
 	mu       sync.Mutex
 	closed   bool
@@ -576,9 +580,13 @@ func (s *Store) publish(ctx context.Context, m *nats.Msg, opts ...natsjs.Publish
 // lastOf reads the last message on subj, with retries.
 func (s *Store) lastOf(ctx context.Context, subj string) (*natsjs.RawStreamMsg, error) {
 	var raw *natsjs.RawStreamMsg
+	get := s.getLast
+	if get == nil {
+		get = s.stream.GetLastMsgForSubject
+	}
 	err := retry(ctx, func(ctx context.Context) error {
 		var err error
-		raw, err = s.stream.GetLastMsgForSubject(ctx, subj)
+		raw, err = get(ctx, subj)
 		return err
 	})
 	return raw, err
@@ -741,8 +749,17 @@ func (s *Store) take(ctx context.Context, m *delivery, fetchedAt, now time.Time,
 			s.handBack(m, fetchedAt)
 			return nil, "", err
 		}
-		if err != nil || last.Sequence != md.Sequence.Stream {
+		if err == nil && last.Sequence > md.Sequence.Stream {
 			return nil, "", m.DoubleAck(ctx)
+		}
+		if err != nil || last.Sequence != md.Sequence.Stream {
+			// The delivered version stays in the work queue until it is
+			// acknowledged, so a read that misses it or finds an older
+			// one is stale: a server that still answered as the stream's
+			// leader after losing that role (seen right after a
+			// partition heals). Acknowledging would delete the item.
+			s.handBack(m, fetchedAt)
+			return nil, "", fmt.Errorf("stale read of %s's latest version", id)
 		}
 	}
 	if !s.fresh(fetchedAt) {
