@@ -15,6 +15,8 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
+
+	"github.com/hamail/hamail/internal/syncbuf"
 )
 
 // mailUser is the system user that owns the maildirs. nobody exists on
@@ -53,7 +55,7 @@ type Dovecot struct {
 	t       testing.TB
 	dovecot string
 	doveadm string
-	log     *logBuffer
+	log     *syncbuf.Buffer
 	proc    *process
 }
 
@@ -99,7 +101,7 @@ func StartDovecot(t testing.TB, opts DovecotOptions) *Dovecot {
 		User: opts.User, Password: opts.Password,
 		Conf:    filepath.Join(dir, "dovecot.conf"),
 		Maildir: filepath.Join(home, "Maildir"),
-		t:       t, dovecot: bins[0], doveadm: bins[1], log: &logBuffer{},
+		t:       t, dovecot: bins[0], doveadm: bins[1], log: &syncbuf.Buffer{},
 	}
 	t.Cleanup(func() {
 		d.stop()

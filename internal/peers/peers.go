@@ -2,7 +2,6 @@ package peers
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -10,12 +9,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hamail/hamail/internal/loopback"
+	"github.com/hamail/hamail/internal/syncbuf"
 )
 
 // RequireEnv is the environment variable that turns a skip for missing
@@ -107,24 +106,6 @@ func makeDir(t testing.TB, prefix string) string {
 	return dir
 }
 
-// logBuffer collects a server's output; safe for concurrent use.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // process is a server started in its own process group, so that stopping
 // it can make sure nothing it started is left behind.
 type process struct {
@@ -133,7 +114,7 @@ type process struct {
 	err  error         // cmd.Wait's result, read after done
 }
 
-func startProcess(log *logBuffer, name string, args ...string) (*process, error) {
+func startProcess(log *syncbuf.Buffer, name string, args ...string) (*process, error) {
 	cmd := exec.Command(name, args...)
 	cmd.Stdout = log
 	cmd.Stderr = log

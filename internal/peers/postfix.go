@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hamail/hamail/internal/syncbuf"
 )
 
 // defaultMainCF is the default Postfix's main.cf, where every private
@@ -51,7 +53,7 @@ type Postfix struct {
 	postfix   string
 	postconf  string
 	postqueue string
-	log       *logBuffer
+	log       *syncbuf.Buffer
 	proc      *process
 }
 
@@ -72,7 +74,7 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 	// about anything else under it, so queue and data live beside it.
 	base := makeDir(t, "hamail-postfix-")
 	dir := filepath.Join(base, "conf")
-	p := &Postfix{Dir: dir, base: base, t: t, postfix: bins[0], postconf: bins[1], postqueue: bins[2], log: &logBuffer{}}
+	p := &Postfix{Dir: dir, base: base, t: t, postfix: bins[0], postconf: bins[1], postqueue: bins[2], log: &syncbuf.Buffer{}}
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}

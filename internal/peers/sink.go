@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+
+	"github.com/hamail/hamail/internal/syncbuf"
 )
 
 // SinkOptions configures an smtp-sink server.
@@ -24,7 +26,7 @@ type SMTPSink struct {
 	Addr string
 
 	t    testing.TB
-	log  *logBuffer
+	log  *syncbuf.Buffer
 	proc *process
 }
 
@@ -37,7 +39,7 @@ func StartSMTPSink(t testing.TB, opts SinkOptions) *SMTPSink {
 	if backlog <= 0 {
 		backlog = 256
 	}
-	s := &SMTPSink{t: t, log: &logBuffer{}}
+	s := &SMTPSink{t: t, log: &syncbuf.Buffer{}}
 	t.Cleanup(func() {
 		s.Stop()
 		if t.Failed() {
