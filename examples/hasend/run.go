@@ -404,6 +404,9 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 		name, err := md.Drop(maildrop.Envelope{
 			From: p.from, To: p.rcpts, Notify: notifyParam(inv.notify), Ret: string(inv.ret), EnvID: inv.envID,
 		}, bytes.NewReader(p.data))
+		if errors.Is(err, maildrop.ErrBadEnvelope) {
+			return fail(exDataErr, err) // trying again cannot help
+		}
 		if err != nil {
 			return fail(exTempFail, err)
 		}

@@ -67,6 +67,11 @@ type fileHeader struct {
 // ErrBadFile: a maildrop file could not be decoded; it was moved to bad/.
 var ErrBadFile = errors.New("maildrop: undecodable file")
 
+// ErrBadEnvelope: Drop refused an envelope that Pickup could not decode
+// (no recipient, a line break or NUL in an address, a bad RET or NOTIFY,
+// an envelope line over the size bound). Nothing was written.
+var ErrBadEnvelope = errors.New("maildrop: bad envelope")
+
 // maxHeaderLine bounds the envelope line of a file.
 const maxHeaderLine = 1 << 20
 
@@ -97,8 +102,17 @@ func (d *Dir) Path() string { return d.path }
 // returns nil the message survives a crash of this process and of the
 // machine.
 func (d *Dir) Drop(env Envelope, body io.Reader) (name string, err error) {
-	if len(env.To) == 0 {
-		return "", errors.New("maildrop: no recipients")
+	// What Pickup would move to bad/ is refused here, so that the caller
+	// learns of it while it still holds the message.
+	if err := env.check(); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrBadEnvelope, err)
+	}
+	line, err := json.Marshal(fileHeader{Version: 1, Envelope: env})
+	if err != nil {
+		return "", fmt.Errorf("maildrop: %w", err)
+	}
+	if len(line)+1 > maxHeaderLine {
+		return "", fmt.Errorf("%w: envelope of %d bytes, more than %d", ErrBadEnvelope, len(line)+1, maxHeaderLine)
 	}
 	var r [8]byte
 	if _, err := rand.Read(r[:]); err != nil {
@@ -117,10 +131,6 @@ func (d *Dir) Drop(env Envelope, body io.Reader) (name string, err error) {
 			os.Remove(tmp)
 		}
 	}()
-	line, err := json.Marshal(fileHeader{Version: 1, Envelope: env})
-	if err != nil {
-		return "", fmt.Errorf("maildrop: %w", err)
-	}
 	w := bufio.NewWriterSize(f, 64<<10)
 	w.Write(line)
 	w.WriteByte('\n')
@@ -233,17 +243,22 @@ func (d *Dir) pickOne(ctx context.Context, s Submitter, name string) error {
 	return nil
 }
 
-// readHeader reads and checks the envelope line.
+// readHeader reads and checks the envelope line. The line may be longer
+// than br's buffer (an envelope with many recipients), up to maxHeaderLine.
 func readHeader(br *bufio.Reader) (Envelope, error) {
-	line, err := br.ReadSlice('\n')
-	if err != nil {
-		if errors.Is(err, bufio.ErrBufferFull) {
+	var line []byte
+	for {
+		frag, err := br.ReadSlice('\n')
+		if len(line)+len(frag) > maxHeaderLine {
 			return Envelope{}, errors.New("envelope line too long")
 		}
-		return Envelope{}, fmt.Errorf("no envelope line: %w", err)
-	}
-	if len(line) > maxHeaderLine {
-		return Envelope{}, errors.New("envelope line too long")
+		line = append(line, frag...)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return Envelope{}, fmt.Errorf("no envelope line: %w", err)
+		}
 	}
 	var h fileHeader
 	if err := json.Unmarshal(line, &h); err != nil {
@@ -252,27 +267,35 @@ func readHeader(br *bufio.Reader) (Envelope, error) {
 	if h.Version != 1 {
 		return Envelope{}, fmt.Errorf("unknown version %d", h.Version)
 	}
-	if len(h.To) == 0 {
-		return Envelope{}, errors.New("no recipients")
+	if err := h.check(); err != nil {
+		return Envelope{}, err
 	}
-	for _, a := range append([]string{h.From, h.EnvID}, h.To...) {
+	return h.Envelope, nil
+}
+
+// check reports what would make env undeliverable as a maildrop file.
+func (env *Envelope) check() error {
+	if len(env.To) == 0 {
+		return errors.New("no recipients")
+	}
+	for _, a := range append([]string{env.From, env.EnvID}, env.To...) {
 		if strings.ContainsAny(a, "\r\n\x00") {
-			return Envelope{}, fmt.Errorf("bad address or ENVID %q", a)
+			return fmt.Errorf("bad address or ENVID %q", a)
 		}
 	}
-	switch h.Ret {
+	switch env.Ret {
 	case "", "FULL", "HDRS":
 	default:
-		return Envelope{}, fmt.Errorf("bad RET %q", h.Ret)
+		return fmt.Errorf("bad RET %q", env.Ret)
 	}
-	if h.Notify != "" && h.Notify != "NEVER" {
-		for kw := range strings.SplitSeq(h.Notify, ",") {
+	if env.Notify != "" && env.Notify != "NEVER" {
+		for kw := range strings.SplitSeq(env.Notify, ",") {
 			if kw != "SUCCESS" && kw != "FAILURE" && kw != "DELAY" {
-				return Envelope{}, fmt.Errorf("bad NOTIFY %q", h.Notify)
+				return fmt.Errorf("bad NOTIFY %q", env.Notify)
 			}
 		}
 	}
-	return h.Envelope, nil
+	return nil
 }
 
 // removeStale removes files a crashed writer left in tmp/.

@@ -3,6 +3,7 @@ package maildrop
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -170,3 +171,62 @@ func TestDropRefusesNoRecipients(t *testing.T) {
 type iotestErrReader struct{}
 
 func (iotestErrReader) Read([]byte) (int, error) { return 0, errors.New("read failed") }
+
+// TestLargeEnvelopePickedUp: an envelope line longer than the reader's
+// buffer (a list of some thousands of recipients) is submitted, not moved
+// to bad/.
+func TestLargeEnvelopePickedUp(t *testing.T) {
+	t.Parallel()
+	d, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var to []string
+	for i := range 5000 {
+		to = append(to, fmt.Sprintf("recipient-%04d@example.org", i))
+	}
+	name, err := d.Drop(Envelope{From: "a@example.org", To: to}, strings.NewReader("body\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []submitted
+	n, err := d.Pickup(t.Context(), collect(&got))
+	if err != nil || n != 1 {
+		t.Fatalf("Pickup = %d, %v; want 1, nil", n, err)
+	}
+	if got[0].key != Key(name) || !slices.Equal(got[0].env.To, to) || got[0].body != "body\r\n" {
+		t.Errorf("submitted %q with %d recipients and body %q", got[0].key, len(got[0].env.To), got[0].body)
+	}
+	if bad := entries(t, filepath.Join(d.Path(), "bad")); len(bad) != 0 {
+		t.Errorf("bad/ holds %q", bad)
+	}
+}
+
+// TestDropRefusesWhatPickupCannotRead: an envelope that Pickup would move
+// to bad/ is refused by Drop with ErrBadEnvelope, and nothing is written.
+func TestDropRefusesWhatPickupCannotRead(t *testing.T) {
+	t.Parallel()
+	d, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	huge := []string{strings.Repeat("x", maxHeaderLine) + "@example.org"}
+	for name, env := range map[string]Envelope{
+		"no recipient":     {From: "a@example.org"},
+		"CRLF in To":       {To: []string{"b@example.org\r\nDATA"}},
+		"NUL in From":      {From: "a\x00@example.org", To: []string{"b@example.org"}},
+		"LF in ENVID":      {To: []string{"b@example.org"}, EnvID: "id\n"},
+		"bad RET":          {To: []string{"b@example.org"}, Ret: "ALL"},
+		"bad NOTIFY":       {To: []string{"b@example.org"}, Notify: "SUCCESS,SOMETIMES"},
+		"envelope > 1 MiB": {To: huge},
+	} {
+		if _, err := d.Drop(env, strings.NewReader("x\r\n")); !errors.Is(err, ErrBadEnvelope) {
+			t.Errorf("%s: Drop = %v, want ErrBadEnvelope", name, err)
+		}
+	}
+	for _, sub := range []string{"new", "tmp", "bad"} {
+		if left := entries(t, filepath.Join(d.Path(), sub)); len(left) != 0 {
+			t.Errorf("refused drops left files in %s/: %q", sub, left)
+		}
+	}
+}
