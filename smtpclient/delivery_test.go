@@ -434,13 +434,21 @@ func TestConcurrentSendsSurviveARelayDying(t *testing.T) {
 func TestCloseWhileSendsWait(t *testing.T) {
 	t.Parallel()
 	a := server(t, nil)
-	a.SetFault(smtptest.StageDataEnd, smtptest.Fault{Delay: 300 * time.Millisecond})
 	h := &fakeHealth{down: map[string]bool{}}
 	c := newTestClient(t, &Options{Relays: []Relay{{Name: "a", Addr: a.Addr()}}, Pool: PoolOptions{MaxPerHost: 1}, Health: h})
+	// The first session holds the only connection until Close is done:
+	// its body is not read before then, however slow the machine.
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) })
 	results := make(chan RecipientResult, 2)
 	for _, rcpt := range []string{"first@example.com", "second@example.com"} {
+		m := testMessage(rcpt)
+		if rcpt == "first@example.com" {
+			m.Body = gatedBody{r: m.Body, gate: release}
+		}
 		go func() {
-			res, err := c.Send(testCtx(t), testMessage(rcpt))
+			res, err := c.Send(testCtx(t), m)
 			if err != nil {
 				t.Errorf("%s: %v", rcpt, err)
 				results <- RecipientResult{Recipient: rcpt}
@@ -462,6 +470,7 @@ func TestCloseWhileSendsWait(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	c.Close()
+	releaseOnce.Do(func() { close(release) })
 	got := map[string]RecipientResult{}
 	for range 2 {
 		rr := <-results
@@ -478,4 +487,15 @@ func TestCloseWhileSendsWait(t *testing.T) {
 	if h.failures["a"] != 0 {
 		t.Errorf("closing the client was reported as %d host failures", h.failures["a"])
 	}
+}
+
+// gatedBody is a body whose reads wait until gate is closed.
+type gatedBody struct {
+	r    io.ReaderAt
+	gate <-chan struct{}
+}
+
+func (g gatedBody) ReadAt(p []byte, off int64) (int, error) {
+	<-g.gate
+	return g.r.ReadAt(p, off)
 }
