@@ -67,6 +67,11 @@ type fileHeader struct {
 // ErrBadFile: a maildrop file could not be decoded; it was moved to bad/.
 var ErrBadFile = errors.New("maildrop: undecodable file")
 
+// ErrRejected is wrapped by a Submitter's error when the message can never
+// be queued as written (the queue refused it as invalid): Pickup then moves
+// the file to bad/ and goes on with the next, instead of retrying it.
+var ErrRejected = errors.New("maildrop: message rejected by the queue")
+
 // ErrBadEnvelope: Drop refused an envelope that Pickup could not decode
 // (no recipient, a line break or NUL in an address, a bad RET or NOTIFY,
 // an envelope line over the size bound). Nothing was written.
@@ -176,8 +181,8 @@ func Key(name string) string { return "maildrop:" + name }
 
 // Pickup submits every ready file, oldest first, and removes each once
 // submitted. It returns how many were submitted. A file that cannot be
-// decoded is moved to bad/ and reported in the error (wrapping ErrBadFile);
-// the others still go. A failed Submit stops the pass and leaves that file
+// decoded, or whose Submit fails with ErrRejected, is moved to bad/ and
+// reported in the error (wrapping ErrBadFile); the others still go. A failed Submit stops the pass and leaves that file
 // and the ones after it for the next pass.
 func (d *Dir) Pickup(ctx context.Context, s Submitter) (int, error) {
 	d.removeStale()
@@ -226,12 +231,15 @@ func (d *Dir) pickOne(ctx context.Context, s Submitter, name string) error {
 	env, err := readHeader(br)
 	if err != nil {
 		f.Close()
-		if rerr := os.Rename(path, filepath.Join(d.path, "bad", name)); rerr != nil {
-			return fmt.Errorf("maildrop: %s: %w (moving it to bad/: %v)", name, err, rerr)
-		}
-		return fmt.Errorf("%w: %s moved to bad/: %v", ErrBadFile, name, err)
+		return d.moveToBad(name, err)
 	}
 	if err := s.Submit(ctx, Key(name), env, br); err != nil {
+		if errors.Is(err, ErrRejected) {
+			// Submitting it again would fail again and hold up every
+			// file after it.
+			f.Close()
+			return d.moveToBad(name, err)
+		}
 		return fmt.Errorf("maildrop: submitting %s: %w", name, err)
 	}
 	f.Close()
@@ -241,6 +249,14 @@ func (d *Dir) pickOne(ctx context.Context, s Submitter, name string) error {
 	// Not syncing the directory here is safe: a removal lost in a crash
 	// brings the file back, and it is submitted again under the same key.
 	return nil
+}
+
+// moveToBad sets the file name aside in bad/ because of err.
+func (d *Dir) moveToBad(name string, err error) error {
+	if rerr := os.Rename(filepath.Join(d.path, "new", name), filepath.Join(d.path, "bad", name)); rerr != nil {
+		return fmt.Errorf("maildrop: %s: %w (moving it to bad/: %v)", name, err, rerr)
+	}
+	return fmt.Errorf("%w: %s moved to bad/: %w", ErrBadFile, name, err)
 }
 
 // readHeader reads and checks the envelope line. The line may be longer

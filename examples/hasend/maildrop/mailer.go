@@ -2,6 +2,7 @@ package maildrop
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -19,7 +20,10 @@ var _ Sender = (*hamail.Mailer)(nil)
 
 // MailerSubmitter submits picked-up files to a Mailer, under the file's key:
 // a Mailer whose store remembers keys (bbolt.Options.KeyRetention) then
-// queues a file submitted twice only once.
+// queues a file submitted twice only once. A message the Mailer refuses as
+// invalid (hamail.ErrInvalidMessage, a bad address for one) is reported as
+// ErrRejected, so that Pickup sets it aside instead of retrying it ahead of
+// every later file.
 func MailerSubmitter(m Sender) Submitter {
 	return SubmitFunc(func(ctx context.Context, key string, env Envelope, body io.Reader) error {
 		msg, err := env.message(body)
@@ -28,6 +32,9 @@ func MailerSubmitter(m Sender) Submitter {
 		}
 		msg.Key = key
 		_, err = m.Send(ctx, msg)
+		if errors.Is(err, hamail.ErrInvalidMessage) {
+			return fmt.Errorf("%w: %w", ErrRejected, err)
+		}
 		return err
 	})
 }
