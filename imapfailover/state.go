@@ -198,8 +198,8 @@ func (s *MemoryStore) Record(_ context.Context, key string, ch StateChange) erro
 // the directory, so a crash leaves the old or the new state, never a mix;
 // it then starts a new journal. Record appends one line to the journal
 // and fsyncs it; a line torn by a crash is ignored on Load (the change it
-// held was not acknowledged), and lines written for an older snapshot are
-// ignored too. Every compactEvery records the journal is folded into a new
+// held was not acknowledged) and cut off by the next Record, and lines
+// written for an older snapshot are ignored too. Every compactEvery records the journal is folded into a new
 // snapshot. Safe for concurrent use; use one FileStore per directory (two
 // FileStores, or two processes, must not share one).
 type FileStore struct {
@@ -212,6 +212,11 @@ type FileStore struct {
 type journalState struct {
 	id      string // of the snapshot the journal belongs to
 	records int
+	// torn is set when the journal ends in a line torn by a crash; the
+	// next Record cuts the file to complete, its complete lines, so that
+	// its line does not continue the torn one.
+	torn     bool
+	complete int64
 }
 
 // compactEvery is how many records a journal takes before it is folded
@@ -265,7 +270,8 @@ func (s *FileStore) loadLocked(key string) (*MailboxState, error) {
 	if s.journals == nil {
 		s.journals = make(map[string]*journalState)
 	}
-	s.journals[key] = &journalState{id: id, records: n}
+	complete := bytes.LastIndexByte(jb, '\n') + 1
+	s.journals[key] = &journalState{id: id, records: n, torn: complete < len(jb), complete: int64(complete)}
 	return st, nil
 }
 
@@ -326,7 +332,16 @@ func (s *FileStore) recordLocked(key string, ch StateChange) error {
 	if err != nil {
 		return err
 	}
+	if j.torn {
+		if err := os.Truncate(s.journalPath(key), j.complete); err != nil {
+			return err
+		}
+		j.torn = false
+	}
 	if err := appendSync(s.dir, s.journalPath(key), append(line, '\n')); err != nil {
+		// The write may have left part of the line (a full disk): load
+		// again before the next record, which then cuts it off.
+		delete(s.journals, key)
 		return err
 	}
 	j.records += ch.size()

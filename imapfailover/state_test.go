@@ -243,6 +243,20 @@ func TestFileStoreJournal(t *testing.T) {
 	if got, err := load(); err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("after a torn record: %+v %v", got, err)
 	}
+	// After the restart, records go on: the torn tail must not glue onto
+	// the next line and make the whole journal unreadable.
+	restarted := NewFileStore(dir)
+	if _, err := restarted.Load(ctx, "INBOX"); err != nil {
+		t.Fatal(err)
+	}
+	after := StateChange{UIDValidity: st.UIDValidity, LastUID: 46, Set: map[imap.UID]KnownMessage{46: {Fingerprint: 46, Flags: []imap.Flag{}}}}
+	if err := restarted.Record(ctx, "INBOX", after); err != nil {
+		t.Fatal(err)
+	}
+	want.Apply(after)
+	if got, err := load(); err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("record after a torn record:\n got %+v %v\nwant %+v", got, err, want)
+	}
 	// A damaged line before the end is not a crash: it is reported.
 	b, _ := os.ReadFile(journal)
 	if err := os.WriteFile(journal, append([]byte("garbage\n"), b...), 0o600); err != nil {
