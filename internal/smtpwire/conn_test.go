@@ -729,6 +729,58 @@ func TestLoneDotAfter354WithoutRecipients(t *testing.T) {
 	}
 }
 
+// TestPositiveNonAcceptanceToRcpt: a 3xx reply to RCPT is no acceptance
+// (RFC 5321 §4.2.1): the recipient is not counted as accepted, the session
+// ends with ErrProtocol, and no body is sent.
+func TestPositiveNonAcceptanceToRcpt(t *testing.T) {
+	t.Parallel()
+	sawData := make(chan bool, 1)
+	addr := scripted(t, func(r *bufio.Reader, w net.Conn) {
+		io.WriteString(w, "220 test ESMTP\r\n")
+		expect(r, "EHLO")
+		io.WriteString(w, "250 test\r\n")
+		if !expect(r, "MAIL") {
+			sawData <- false
+			return
+		}
+		io.WriteString(w, "250 2.1.0 ok\r\n")
+		if !expect(r, "RCPT") {
+			sawData <- false
+			return
+		}
+		io.WriteString(w, "250 2.1.5 ok\r\n")
+		if !expect(r, "RCPT") {
+			sawData <- false
+			return
+		}
+		io.WriteString(w, "354 not a RCPT reply\r\n")
+		// The client must not go on to DATA: it closes instead.
+		line, err := r.ReadString('\n')
+		sawData <- err == nil && strings.HasPrefix(line, "DATA")
+	})
+	c := connect(t, addr, nil)
+	res, err := c.Send(testCtx(t), "s@example.org", nil, rcpts("a@example.net", "b@example.net"), strings.NewReader("must not be sent"))
+	wantConnErr(t, err, StageRcpt)
+	if !errors.Is(err, ErrProtocol) {
+		t.Fatalf("got %v, want ErrProtocol", err)
+	}
+	if res == nil || len(res.Rcpt) != 2 {
+		t.Fatalf("result %+v", res)
+	}
+	if r := res.Rcpt[1]; r.Err == nil || r.Reply == nil || r.Reply.Code != 354 {
+		t.Errorf("second recipient %+v, want its 354 kept and an error", r)
+	}
+	if n := res.Accepted(); n != 1 {
+		t.Errorf("%d recipients accepted, want 1", n)
+	}
+	if res.BodyBytes != 0 || res.Final != nil {
+		t.Errorf("body went out: %+v", res)
+	}
+	if <-sawData {
+		t.Error("DATA sent after a 354 to RCPT")
+	}
+}
+
 func TestMalformedReplies(t *testing.T) {
 	t.Parallel()
 	tests := map[string]string{
