@@ -158,7 +158,10 @@ func TestSessionAfterShutdownStarts(t *testing.T) {
 		shut <- s.Shutdown(ctx)
 	}()
 	deadline := time.Now().Add(10 * time.Second)
-	for !s.isDraining() && time.Now().Before(deadline) {
+	for !s.isDraining() {
+		if time.Now().After(deadline) {
+			t.Fatal("Shutdown never started draining")
+		}
 		time.Sleep(time.Millisecond) // waiting for a flag set at once by Shutdown, bounded
 	}
 	if code, _ := r.cmd("RSET"); code != 250 {
