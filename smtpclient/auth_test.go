@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -143,5 +144,89 @@ func TestOAuthRefusedTokenEndToEnd(t *testing.T) {
 				t.Fatalf("transcript shows the token:\n%s", l)
 			}
 		})
+	}
+}
+
+// TestOAuthExchangeCancelled: a provider that sends a second challenge
+// after the client's answer to its error challenge leaves the mechanism
+// nothing to say; the client cancels the exchange with "*" (RFC 4954 §4),
+// the relay is given up for this message without counting against it, and
+// the next relay delivers.
+func TestOAuthExchangeCancelled(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	got := make(chan []string, 1)
+	go func() {
+		nc, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer nc.Close()
+		nc.SetDeadline(time.Now().Add(30 * time.Second))
+		r := bufio.NewReader(nc)
+		var lines []string
+		read := func() {
+			l, _ := r.ReadString('\n')
+			lines = append(lines, strings.TrimRight(l, "\r\n"))
+		}
+		challenge := "334 " + base64.StdEncoding.EncodeToString([]byte(`{"status":"invalid_token"}`)) + "\r\n"
+		io.WriteString(nc, "220 smtp.provider.example ESMTP\r\n")
+		read() // EHLO
+		io.WriteString(nc, "250-smtp.provider.example\r\n250 AUTH OAUTHBEARER\r\n")
+		read() // AUTH OAUTHBEARER <initial response>
+		io.WriteString(nc, challenge)
+		read() // the %x01 answer
+		io.WriteString(nc, challenge)
+		read() // the client's "*"
+		io.WriteString(nc, "501 5.7.0 Authentication cancelled\r\n")
+		read() // QUIT
+		io.WriteString(nc, "221 bye\r\n")
+		got <- lines
+	}()
+	b := server(t, nil)
+	var mu sync.Mutex
+	var providerErr error
+	c := newTestClient(t, &Options{
+		Relays: []Relay{
+			{Name: "provider", Addr: ln.Addr().String(), Priority: 1, TLS: TLSNone, AllowInsecureAuth: true,
+				Auth: &Auth{Mechanism: AuthOAuthBearer, Username: "app@example.org", Token: func(context.Context) (string, error) { return "ya29.token", nil }}},
+			{Name: "backup", Addr: b.Addr(), Priority: 2},
+		},
+		Breaker: BreakerOptions{Failures: 1},
+		Hooks: &Hooks{AttemptDone: func(a Attempt) {
+			if a.Host.Name == "provider" {
+				mu.Lock()
+				providerErr = a.Err
+				mu.Unlock()
+			}
+		}},
+	})
+	rr := mustSend(t, c, testMessage("bob@example.com")).Recipients[0]
+	if rr.Outcome != Delivered || rr.Host != "backup" || rr.Attempts != 2 {
+		t.Fatalf("%+v", rr)
+	}
+	mu.Lock()
+	var e *Error
+	if !errors.As(providerErr, &e) || e.Stage != StageAuth || !errors.Is(providerErr, errAuthExchange) {
+		t.Errorf("provider attempt ended with %v, want a failed SASL exchange at AUTH", providerErr)
+	}
+	mu.Unlock()
+	var lines []string
+	select {
+	case lines = <-got:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the provider's session did not end")
+	}
+	if len(lines) < 4 || lines[2] != "AQ==" || lines[3] != "*" {
+		t.Fatalf("provider saw %q, want the %%x01 answer then \"*\"", lines)
+	}
+	if st := c.br.state("provider"); st != gobreaker.StateClosed {
+		t.Fatalf("a failed SASL exchange counted against the relay: %v", st)
 	}
 }
