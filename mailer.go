@@ -27,6 +27,8 @@ var (
 	ErrNoRecipients = errors.New("no recipients")
 	// ErrNoBody: the message has no body.
 	ErrNoBody = errors.New("no body")
+	// ErrNoQueue: Open was given neither Options.Store nor Options.Dir.
+	ErrNoQueue = errors.New("hamail: neither Options.Store nor Options.Dir is set")
 )
 
 // MessageError says why Send refused a message before storing anything.
@@ -129,7 +131,7 @@ func Open(o *Options) (*Mailer, error) {
 	if m.store == nil {
 		if o.Dir == "" {
 			client.Close()
-			return nil, errors.New("hamail: open: neither Store nor Dir is set")
+			return nil, fmt.Errorf("hamail: open: %w", ErrNoQueue)
 		}
 		if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 			client.Close()

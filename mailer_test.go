@@ -552,8 +552,8 @@ func TestOpenRefusesBadOptions(t *testing.T) {
 	if _, err := Open(&Options{Dir: t.TempDir()}); !errors.Is(err, smtpclient.ErrNoRoute) {
 		t.Errorf("no route: %v", err)
 	}
-	if _, err := Open(&Options{Relays: []smtpclient.Relay{{Addr: "127.0.0.1:1"}}}); err == nil {
-		t.Error("no Dir and no Store: no error")
+	if _, err := Open(&Options{Relays: []smtpclient.Relay{{Addr: "127.0.0.1:1"}}}); !errors.Is(err, ErrNoQueue) {
+		t.Errorf("no Dir and no Store: %v, want ErrNoQueue", err)
 	}
 	if _, err := Open(nil); err == nil {
 		t.Error("nil options: no error")
