@@ -105,6 +105,9 @@ type Mailbox struct {
 	// Guarded by mu:
 	moved    failTracker   // replica left after a failure, for Hooks.Failover
 	userTime time.Duration // time in the caller's callbacks during a resync
+	// unsaved: a change is in st but its record failed; the next write
+	// saves the whole state, since a record holds only its own change.
+	unsaved bool
 }
 
 // Mailbox returns a handle on the named mailbox. It does no I/O.
@@ -322,14 +325,24 @@ func (m *Mailbox) load(ctx context.Context) error {
 }
 
 func (m *Mailbox) save(ctx context.Context) error {
-	return m.opts.Store.Save(ctx, m.opts.StateKey, m.st)
+	if err := m.opts.Store.Save(ctx, m.opts.StateKey, m.st); err != nil {
+		return err
+	}
+	m.unsaved = false
+	return nil
 }
 
 // record makes one change to the state durable, already applied to m.st:
 // as a record when the store keeps a journal, otherwise by saving all.
+// After a record failed it saves all, so that the failed change is not
+// left out of the stored state.
 func (m *Mailbox) record(ctx context.Context, ch StateChange) error {
-	if j, ok := m.opts.Store.(StateJournal); ok {
-		return j.Record(ctx, m.opts.StateKey, ch)
+	if j, ok := m.opts.Store.(StateJournal); ok && !m.unsaved {
+		if err := j.Record(ctx, m.opts.StateKey, ch); err != nil {
+			m.unsaved = true
+			return err
+		}
+		return nil
 	}
 	return m.save(ctx)
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/emersion/go-imap/v2"
@@ -392,5 +393,52 @@ func TestResyncWritesJournalNotSnapshot(t *testing.T) {
 	_, gone := got.Messages[1]
 	if gone || len(got.Messages) != 4 || got.LastUID != 5 || len(got.Messages[3].Flags) != 1 || got.Messages[3].Flags[0] != imap.FlagFlagged {
 		t.Fatalf("state read back: %+v", got)
+	}
+}
+
+// failingJournal is a FileStore whose Record fails while fail is set.
+type failingJournal struct {
+	*FileStore
+	fail atomic.Bool
+}
+
+func (f *failingJournal) Record(ctx context.Context, key string, ch StateChange) error {
+	if f.fail.Load() {
+		return errors.New("no space left on device")
+	}
+	return f.FileStore.Record(ctx, key, ch)
+}
+
+// A change whose record failed reaches the store with the next write:
+// the journal holds differences, so writing only the next change would
+// leave the failed one out of the stored state for good.
+func TestFailedRecordWrittenLater(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, &imaptest.Options{Replicas: 1})
+	dir := t.TempDir()
+	store := &failingJournal{FileStore: NewFileStore(dir)}
+	p := newTestPool(t, s, nil)
+	mb := p.Mailbox("INBOX", &MailboxOptions{Store: store})
+	rec := newRecorder()
+	if _, err := mb.Sync(t.Context(), rec.handle); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, 1, 1)
+	store.fail.Store(true)
+	if _, err := mb.Sync(t.Context(), rec.handle); err == nil {
+		t.Fatal("Sync succeeded with a failing store")
+	}
+	store.fail.Store(false)
+	appendN(t, s, 2, 2)
+	if _, err := mb.Sync(t.Context(), rec.handle); err != nil {
+		t.Fatal(err)
+	}
+	rec.assertExactlyOnce(t, 1, 2)
+	got, err := NewFileStore(dir).Load(t.Context(), "INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Messages) != 2 || got.LastUID != 2 {
+		t.Fatalf("stored state after a failed record: last UID %d, messages %v; want both messages", got.LastUID, got.Messages)
 	}
 }
