@@ -191,8 +191,11 @@ func (c *Client) transactOnce(ctx context.Context, s *sendState, t *target, pcp 
 		return rep, nil
 	}
 	c.log.Debug("pooled connection was stale, reconnecting", "host", t.key())
-	c.pool.discard(t.key(), pc)
-	npc, stage, err := c.getConn(ctx, t)
+	// A new connection, not another idle one: with PIPELINING an idle
+	// session is not checked before use, and the server that dropped this
+	// one has likely dropped its siblings too.
+	c.pool.redial(t.key(), pc)
+	npc, stage, err := c.dialConn(ctx, t)
 	if err != nil {
 		return nil, &stageError{stage: stage, err: err}
 	}
@@ -359,6 +362,12 @@ func (c *Client) getConn(ctx context.Context, t *target) (*pooled[*conn], Stage,
 			return nil, StageReset, ctx.Err()
 		}
 	}
+	return c.dialConn(ctx, t)
+}
+
+// dialConn opens a new session for t in a pool slot already taken for it.
+func (c *Client) dialConn(ctx context.Context, t *target) (*pooled[*conn], Stage, error) {
+	key := t.key()
 	cn, stage, err := c.tr.dial(ctx, t)
 	if c.hooks.Connected != nil {
 		c.hooks.Connected(t.info, err)

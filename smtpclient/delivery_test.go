@@ -499,3 +499,65 @@ func (g gatedBody) ReadAt(p []byte, off int64) (int, error) {
 	<-g.gate
 	return g.r.ReadAt(p, off)
 }
+
+// TestAllPooledConnectionsClosedWhileIdle: the server dropped every idle
+// session to it (a restart, or its idle timeout), and the pool holds two.
+// With PIPELINING the stale session is found out inside the transaction;
+// the one repeat goes on a new connection, not on the other stale one, so
+// the message is delivered on the first attempt and the healthy host is
+// not blamed.
+func TestAllPooledConnectionsClosedWhileIdle(t *testing.T) {
+	t.Parallel()
+	a := server(t, nil) // PIPELINING by default
+	h := &fakeHealth{down: map[string]bool{}}
+	c := newTestClient(t, &Options{Relays: []Relay{{Name: "a", Addr: a.Addr()}}, Pool: PoolOptions{IdleTimeout: time.Minute},
+		Breaker: BreakerOptions{Failures: 1}, Health: h})
+	// Two sessions at once leave two idle connections: the first holds
+	// its connection (its body is not read) while the second opens one.
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) })
+	first := testMessage("bob@example.com")
+	first.Body = gatedBody{r: first.Body, gate: release}
+	done := make(chan RecipientResult, 1)
+	go func() {
+		res, err := c.Send(testCtx(t), first)
+		if err != nil {
+			t.Error(err)
+			done <- RecipientResult{}
+			return
+		}
+		done <- res.Recipients[0]
+	}()
+	if _, err := a.Wait(testCtx(t), func(s smtptest.Stats) bool { return s.Mail == 1 }); err != nil {
+		t.Fatal(err)
+	}
+	mustSend(t, c, testMessage("carol@example.com"))
+	releaseOnce.Do(func() { close(release) })
+	if rr := <-done; rr.Outcome != Delivered {
+		t.Fatalf("first: %+v", rr)
+	}
+	if s := c.Stats().Hosts["a"]; s.Idle != 2 {
+		t.Fatalf("pool %+v, want two idle connections", s)
+	}
+
+	a.CloseConnections()
+	if err := a.WaitIdle(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	rr := mustSend(t, c, testMessage("dave@example.com")).Recipients[0]
+	if rr.Outcome != Delivered || rr.Attempts != 1 {
+		t.Fatalf("%+v", rr)
+	}
+	if s := c.Stats().Hosts["a"]; s.Dials != 3 || s.Reuses != 1 {
+		t.Fatalf("pool %+v, want one stale reuse and one new connection", s)
+	}
+	if st := c.br.state("a"); st != gobreaker.StateClosed {
+		t.Fatalf("stale pooled sessions counted against the host: %v", st)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.failures["a"] != 0 {
+		t.Fatalf("stale pooled sessions reported as %d host failures", h.failures["a"])
+	}
+}

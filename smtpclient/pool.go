@@ -235,6 +235,19 @@ func (p *pool[C]) discard(key string, pc *pooled[C]) {
 	pc.c.Close()
 }
 
+// redial closes a connection that must not be reused and keeps its slot
+// for a new connection to the same host, which the caller then records
+// with opened or gives up with dialFailed.
+func (p *pool[C]) redial(key string, pc *pooled[C]) {
+	p.mu.Lock()
+	h := p.host(key)
+	h.stats.Open--
+	h.stats.Dials++
+	h.total.Dials++
+	p.mu.Unlock()
+	pc.c.Close()
+}
+
 // expire closes an idle connection whose idle timer fired, unless it was
 // taken in the meantime.
 func (p *pool[C]) expire(key string, pc *pooled[C]) {
