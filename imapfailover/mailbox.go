@@ -105,8 +105,9 @@ type Mailbox struct {
 	// Guarded by mu:
 	moved    failTracker   // replica left after a failure, for Hooks.Failover
 	userTime time.Duration // time in the caller's callbacks during a resync
-	// unsaved: a change is in st but its record failed; the next write
-	// saves the whole state, since a record holds only its own change.
+	// unsaved: a change is in st but its record or save failed; the next
+	// write saves the whole state, since a record holds only its own
+	// change.
 	unsaved bool
 }
 
@@ -326,6 +327,7 @@ func (m *Mailbox) load(ctx context.Context) error {
 
 func (m *Mailbox) save(ctx context.Context) error {
 	if err := m.opts.Store.Save(ctx, m.opts.StateKey, m.st); err != nil {
+		m.unsaved = true
 		return err
 	}
 	m.unsaved = false

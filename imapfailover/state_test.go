@@ -396,10 +396,18 @@ func TestResyncWritesJournalNotSnapshot(t *testing.T) {
 	}
 }
 
-// failingJournal is a FileStore whose Record fails while fail is set.
+// failingJournal is a FileStore whose Record and Save fail while fail is
+// set.
 type failingJournal struct {
 	*FileStore
 	fail atomic.Bool
+}
+
+func (f *failingJournal) Save(ctx context.Context, key string, st *MailboxState) error {
+	if f.fail.Load() {
+		return errors.New("no space left on device")
+	}
+	return f.FileStore.Save(ctx, key, st)
 }
 
 func (f *failingJournal) Record(ctx context.Context, key string, ch StateChange) error {
@@ -440,5 +448,32 @@ func TestFailedRecordWrittenLater(t *testing.T) {
 	}
 	if len(got.Messages) != 2 || got.LastUID != 2 {
 		t.Fatalf("stored state after a failed record: last UID %d, messages %v; want both messages", got.LastUID, got.Messages)
+	}
+}
+
+// A first sync whose save failed is saved whole by the next one, not
+// followed by records of changes to a state the store does not have.
+func TestFailedFirstSaveWrittenLater(t *testing.T) {
+	t.Parallel()
+	s := imaptest.NewSet(t, &imaptest.Options{Replicas: 1})
+	appendN(t, s, 1, 2)
+	dir := t.TempDir()
+	store := &failingJournal{FileStore: NewFileStore(dir)}
+	p := newTestPool(t, s, nil)
+	mb := p.Mailbox("INBOX", &MailboxOptions{Store: store})
+	rec := newRecorder()
+	store.fail.Store(true)
+	if _, err := mb.Sync(t.Context(), rec.handle); err == nil {
+		t.Fatal("Sync succeeded with a failing store")
+	}
+	store.fail.Store(false)
+	appendN(t, s, 3, 3)
+	if _, err := mb.Sync(t.Context(), rec.handle); err != nil {
+		t.Fatal(err)
+	}
+	rec.assertExactlyOnce(t, 3, 3)
+	got, err := NewFileStore(dir).Load(t.Context(), "INBOX")
+	if err != nil || got == nil || len(got.Messages) != 3 || got.LastUID != 3 {
+		t.Fatalf("stored state after a failed first save: %+v, %v; want the three messages", got, err)
 	}
 }
