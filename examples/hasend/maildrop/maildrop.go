@@ -12,14 +12,15 @@
 // files up, submits each to its queue with the file name as the idempotency
 // key, and removes the file only after the queue has made the message durable:
 // a crash in between submits it again under the same key, which the queue
-// recognises. A file that cannot be decoded is moved to bad/ for a person to
-// look at, never deleted.
+// recognises. A file that cannot be decoded, or whose message the queue
+// refuses as invalid, is moved to bad/ for a person to look at, never
+// deleted.
 //
 // Layout:
 //
 //	DIR/tmp/NAME   being written
 //	DIR/new/NAME   ready: one JSON line with the envelope, then the message
-//	DIR/bad/NAME   could not be decoded
+//	DIR/bad/NAME   could not be decoded or was refused by the queue
 //
 // A Dir is safe for concurrent use by many writers and one reader (several
 // processes may Drop at once; only one should Pickup).
