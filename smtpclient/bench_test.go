@@ -142,18 +142,19 @@ func sendLarge(tb testing.TB, size int64) (peak uint64, elapsed time.Duration) {
 }
 
 // TestLargeMessageHeap checks that a large message is streamed: the heap
-// grows by a small, size-independent amount. 200 MB normally; 8 MB under
+// grows by a small, size-independent amount. 200 MB normally; 24 MB under
 // the race detector, which slows the copy down about tenfold.
 func TestLargeMessageHeap(t *testing.T) {
 	size := int64(200 << 20)
 	if raceEnabled || testing.Short() {
-		size = 8 << 20
+		size = 24 << 20
 	}
 	peak, elapsed := sendLarge(t, size)
 	t.Logf("sent %d MB in %v; peak heap growth %.1f MB (%.3f%% of the message)", size>>20, elapsed.Round(time.Millisecond), float64(peak)/(1<<20), 100*float64(peak)/float64(size))
 	// The server side runs in this process too and buffers lines; the
-	// bound is loose on purpose, far below the message size.
-	if peak > 32<<20 {
+	// bound is loose on purpose, but below the message size, so that a
+	// client holding the whole message fails here (about 3 MB is seen).
+	if limit := min(32<<20, uint64(size)/2); peak > limit {
 		t.Fatalf("heap grew by %d MB while sending %d MB", peak>>20, size>>20)
 	}
 }
