@@ -172,7 +172,10 @@ func (c *Client) session(ctx context.Context, s *sendState, t *target, rcpts []p
 			if len(rest) > 0 {
 				return next, reused, failAll(rest, StageMail, ctx.Err(), nil)
 			}
-			return next, reused, &Error{Host: key, Stage: StageMail, Outcome: Temporary, Err: ctx.Err()}
+			// The context ended after the last transaction ran: it
+			// decided every recipient, so the attempt did not fail
+			// (Attempt.Err is nil when the transaction ran).
+			return next, reused, nil
 		}
 	}
 	c.pool.put(key, pc)

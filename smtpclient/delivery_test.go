@@ -561,3 +561,46 @@ func TestAllPooledConnectionsClosedWhileIdle(t *testing.T) {
 		t.Fatalf("stale pooled sessions reported as %d host failures", h.failures["a"])
 	}
 }
+
+// TestContextEndsAfterLastTransaction: a context that ends once the last
+// transaction has run leaves the delivery as it is and the attempt not
+// failed (Attempt.Err is nil when the transaction ran); the connection,
+// whose state the cancellation may have interrupted, is not kept.
+func TestContextEndsAfterLastTransaction(t *testing.T) {
+	t.Parallel()
+	a := server(t, nil)
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	var mu sync.Mutex
+	var attempts []Attempt
+	c := newTestClient(t, &Options{
+		Relays: []Relay{{Name: "a", Addr: a.Addr()}},
+		Hooks: &Hooks{
+			Reply: func(_ HostInfo, s Stage, _ string, _ Reply) {
+				if s == StageDataEnd {
+					cancel()
+				}
+			},
+			AttemptDone: func(at Attempt) { mu.Lock(); attempts = append(attempts, at); mu.Unlock() },
+		},
+	})
+	// Send says the context ended; the result still tells what happened.
+	res, err := c.Send(ctx, testMessage("bob@example.com"))
+	if !errors.Is(err, context.Canceled) || res == nil {
+		t.Fatalf("Send: %v, %v", res, err)
+	}
+	if rr := res.Recipients[0]; rr.Outcome != Delivered || rr.Attempts != 1 {
+		t.Fatalf("%+v", rr)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(attempts) != 1 || attempts[0].Err != nil {
+		t.Fatalf("attempts %+v, want one that did not fail", attempts)
+	}
+	if st := c.Stats().Hosts["a"]; st.Open != 0 || st.Idle != 0 {
+		t.Fatalf("pool keeps the connection: %+v", st)
+	}
+	if n := len(a.Messages()); n != 1 {
+		t.Fatalf("%d messages", n)
+	}
+}
