@@ -51,6 +51,7 @@ func TestPrefetchStaleNotHandedOut(t *testing.T) {
 	n := startNode(t)
 	s := prefetchStore(t, n.url(), "stale", 4*time.Second)
 	enqueueN(t, s, 5)
+	pulled := time.Now()
 	first, err := s.Lease(ctx, 1, 0)
 	if err != nil || len(first) != 1 {
 		t.Fatalf("first lease: %d items, %v", len(first), err)
@@ -66,8 +67,12 @@ func TestPrefetchStaleNotHandedOut(t *testing.T) {
 	s.mu.Unlock()
 	before := time.Now()
 	got := map[string]bool{first[0].ID: true}
-	// Bounded: each round takes at least one item or times out.
-	for round := 0; len(got) < 5 && round < 50; round++ {
+	// They come back when the server's AckWait for them ends: a
+	// negative acknowledgement this late could reach a delivery the
+	// server has made to another runner since. Bounded in rounds and
+	// time.
+	deadline := time.Now().Add(4 * s.opts.AckWait)
+	for round := 0; len(got) < 5 && round < 500 && time.Now().Before(deadline); round++ {
 		items, err := s.Lease(ctx, 10, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -81,6 +86,9 @@ func TestPrefetchStaleNotHandedOut(t *testing.T) {
 			}
 			if got[it.ID] {
 				t.Fatalf("item %s leased twice", it.ID)
+			}
+			if d := time.Since(pulled); d < s.opts.AckWait*9/10 {
+				t.Fatalf("item %s back %v after its pull, before the server's AckWait of %v ended: handed back late", it.ID, d, s.opts.AckWait)
 			}
 			got[it.ID] = true
 		}

@@ -671,8 +671,8 @@ func (s *Store) Lease(ctx context.Context, limit int, d time.Duration) ([]*queue
 	msgs := slices.Clone(s.buf[:n])
 	s.buf = slices.Delete(s.buf, 0, n)
 	s.mu.Unlock()
-	for _, m := range stale {
-		_ = m.Nak()
+	for _, p := range stale {
+		s.handBack(p.d, p.at)
 	}
 	if need := limit - len(msgs); need > 0 {
 		wait := leaseWait
@@ -1279,12 +1279,12 @@ const prefetchHold = time.Second
 func (s *Store) holdFor() time.Duration { return min(prefetchHold, s.opts.AckWait/10) }
 
 // releaseStaleLocked removes the prefetched deliveries held too long and
-// returns them for a Nak outside the lock; s.mu is held.
-func (s *Store) releaseStaleLocked(now time.Time) []*delivery {
-	var out []*delivery
+// returns them for handBack outside the lock; s.mu is held.
+func (s *Store) releaseStaleLocked(now time.Time) []prefetched {
+	var out []prefetched
 	hold := s.holdFor()
 	for len(s.buf) > 0 && now.Sub(s.buf[0].at) > hold {
-		out = append(out, s.buf[0].d)
+		out = append(out, s.buf[0])
 		s.buf[0] = prefetched{}
 		s.buf = s.buf[1:]
 	}
@@ -1340,8 +1340,8 @@ func (s *Store) keep(stop <-chan struct{}, stopped chan<- struct{}) {
 			}
 		}
 		s.mu.Unlock()
-		for _, m := range release {
-			_ = m.Nak()
+		for _, p := range release {
+			s.handBack(p.d, p.at)
 		}
 		s.renewAll(ctx, renew)
 	}
