@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hamail/hamail/internal/loopback"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
@@ -57,6 +58,11 @@ func startNode(t testing.TB) *testNode {
 
 func (n *testNode) start() {
 	n.t.Helper()
+	if n.opts.Port == -1 {
+		// A client port chosen here, outside the ephemeral range, stays
+		// free for restarts and URLs stay valid.
+		n.opts.Port = reservePorts(n.t, 1)[0]
+	}
 	o := n.opts
 	s, err := server.NewServer(&o)
 	if err != nil {
@@ -66,10 +72,6 @@ func (n *testNode) start() {
 	if !s.ReadyForConnections(15 * time.Second) {
 		s.Shutdown()
 		n.t.Fatalf("server %s not ready", n.opts.ServerName)
-	}
-	if n.opts.Port == -1 {
-		// Keep the client port for restarts so URLs stay valid.
-		n.opts.Port = s.Addr().(*net.TCPAddr).Port
 	}
 	n.mu.Lock()
 	n.srv = s
@@ -107,15 +109,16 @@ type testCluster struct {
 	nodes []*testNode
 }
 
-// reservePorts returns n free loopback TCP ports. The listeners are closed
-// before the ports are used, so another process could take one in between;
-// on a test machine that is rare enough.
+// reservePorts returns n free loopback TCP ports from outside the kernel's
+// ephemeral range (internal/loopback), so that no outgoing connection or
+// port-0 listener takes one between now and the server's start or restart.
+// The listeners are closed before the ports are used.
 func reservePorts(t testing.TB, n int) []int {
 	t.Helper()
 	ports := make([]int, n)
 	ls := make([]net.Listener, n)
 	for i := range ls {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := loopback.Listen("tcp", "127.0.0.1")
 		if err != nil {
 			t.Fatal(err)
 		}
